@@ -1,0 +1,1 @@
+"""BreakHis data: the TFDS builder, patient-grouped splits and synthetic trees."""

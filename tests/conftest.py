@@ -1,0 +1,35 @@
+"""Shared test setup: 8 forced CPU devices, so multi-device code is exercised without GPUs."""
+
+import os
+
+# Must precede the first `import jax` of the session.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+# Small images keep the suite fast; the builder and pipeline never assume one shape.
+SMALL_IMAGE = (70, 46)  # width x height, a tenth of BreakHis' 700x460
+
+
+@pytest.fixture(scope="session")
+def synthetic_tree(tmp_path_factory):
+    """A BreakHis-shaped tree (2 patients per type plus the quirk folders) and its summary."""
+    from bcjax.datasets import synthetic
+
+    out = tmp_path_factory.mktemp("manual")
+    summary = synthetic.write_breakhis_tree(
+        out, patients=2, images_per_magnification=2, image_size=SMALL_IMAGE, seed=0, tar=True, progress=False
+    )
+    return summary
+
+
+@pytest.fixture(scope="session")
+def prepared_data_dir(synthetic_tree, tmp_path_factory):
+    """`synthetic_tree` built as the TFDS dataset `breakhis/custom`; returns its data_dir."""
+    from bcjax import input_pipeline
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    input_pipeline.prepare(data_dir=str(data_dir), dataset="breakhis/custom",
+                           manual_dir=str(synthetic_tree.root.parent))
+    return data_dir
