@@ -1,0 +1,244 @@
+"""Image operations for histopathology: resizing, augmentation, stain and colour normalisation.
+
+Augmentation is split in two: `sample_params` draws every random choice for one
+image, `apply_params` applies them deterministically. A device-side
+implementation can then be checked against this one parameter for parameter.
+Normalisers are written with array operators only, so the same object works on
+NumPy batches on the host and on `jax.Array`s inside a jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+# Colour deconvolution for haematoxylin, eosin and DAB (Ruifrok & Johnston 2001).
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
+RGB_FROM_HED /= np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+
+# Macenko's reference H&E stain vectors (columns) and 99th-percentile concentrations.
+MACENKO_REFERENCE_STAINS = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
+MACENKO_REFERENCE_MAX_CONCENTRATIONS = np.array([1.9705, 1.0308])
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes (squashes, like Keras' loaders) a uint8 HxWx3 image with antialiased bilinear."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Which augmentations run in training, with their ranges; all off by default."""
+
+    flip_horizontal: bool = False
+    flip_vertical: bool = False
+    rotate90: bool = False  # square images: any multiple of 90 degrees; others: 0 or 180
+    crop_scale: tuple[float, float] = (1.0, 1.0)  # random resized crop: area fraction kept
+    crop_ratio: tuple[float, float] = (1.0, 1.0)  # aspect-ratio change of the crop box
+    brightness: float = 0.0  # additive, as a fraction of 255
+    contrast: float = 0.0  # multiplicative around the mean: factor in [1-c, 1+c]
+    hed_sigma: float = 0.0  # HED stain jitter (Tellez 2018): scale 1+-s, shift +-s per stain
+
+    @property
+    def enabled(self) -> bool:
+        return self != AugmentConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    """Every random choice for one image: crop box (y0, x0, h, w), flips, rotation, colour."""
+
+    crop: tuple[float, float, float, float]
+    flip_horizontal: bool
+    flip_vertical: bool
+    rotate90: int
+    brightness: float
+    contrast: float
+    hed_scale: tuple[float, float, float]
+    hed_shift: tuple[float, float, float]
+
+
+def sample_params(config: AugmentConfig, rng: np.random.Generator, height: int, width: int) -> AugmentParams:
+    """Draws the augmentation parameters for one `height` x `width` image."""
+    crop = _sample_crop(config, rng, height, width)
+    rotations = 4 if height == width else 2
+    k = int(rng.integers(rotations)) * (4 // rotations) if config.rotate90 else 0
+    s = config.hed_sigma
+    return AugmentParams(
+        crop=crop,
+        flip_horizontal=bool(config.flip_horizontal and rng.random() < 0.5),
+        flip_vertical=bool(config.flip_vertical and rng.random() < 0.5),
+        rotate90=k,
+        brightness=float(rng.uniform(-config.brightness, config.brightness)),
+        contrast=float(rng.uniform(1 - config.contrast, 1 + config.contrast)),
+        hed_scale=tuple(float(v) for v in rng.uniform(1 - s, 1 + s, 3)),
+        hed_shift=tuple(float(v) for v in rng.uniform(-s, s, 3)),
+    )
+
+
+def _sample_crop(config: AugmentConfig, rng: np.random.Generator, height: int, width: int):
+    """Inception-style random resized crop box, in pixels; the whole image when disabled."""
+    if config.crop_scale == (1.0, 1.0) and config.crop_ratio == (1.0, 1.0):
+        return (0.0, 0.0, float(height), float(width))
+    area = height * width * rng.uniform(*config.crop_scale)
+    log_ratio = rng.uniform(math.log(config.crop_ratio[0]), math.log(config.crop_ratio[1]))
+    ratio = math.exp(log_ratio) * width / height
+    h = min(float(height), math.sqrt(area / ratio))
+    w = min(float(width), math.sqrt(area * ratio))
+    y0 = rng.uniform(0, height - h)
+    x0 = rng.uniform(0, width - w)
+    return (float(y0), float(x0), h, w)
+
+
+def apply_params(image: np.ndarray, params: AugmentParams) -> np.ndarray:
+    """Applies `params` to a uint8 HxWx3 image; returns uint8 of the same shape."""
+    height, width = image.shape[:2]
+    y0, x0, h, w = params.crop
+    if (h, w) != (height, width):
+        box = (x0, y0, x0 + w, y0 + h)
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box))
+    if params.flip_horizontal:
+        image = image[:, ::-1]
+    if params.flip_vertical:
+        image = image[::-1]
+    if params.rotate90:
+        image = np.rot90(image, params.rotate90)
+    pixels = image.astype(np.float32)
+    if params.hed_scale != (1.0, 1.0, 1.0) or params.hed_shift != (0.0, 0.0, 0.0):
+        pixels = hed_jitter(pixels, np.array(params.hed_scale), np.array(params.hed_shift))
+    if params.contrast != 1.0:
+        pixels = (pixels - pixels.mean()) * params.contrast + pixels.mean()
+    pixels = pixels + params.brightness * 255.0
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def hed_jitter(pixels: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Perturbs stain concentrations in optical density: hed' = hed * scale + shift."""
+    od = -np.log((pixels + 1.0) / 256.0)
+    hed = od @ HED_FROM_RGB
+    od = (hed * scale + shift) @ RGB_FROM_HED
+    return 256.0 * np.exp(-od) - 1.0
+
+
+class RandomAugment:
+    """A grain-style random map: augments `example['image']` with the given RNG."""
+
+    def __init__(self, config: AugmentConfig):
+        self.config = config
+
+    def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+        image = example["image"]
+        params = sample_params(self.config, rng, *image.shape[:2])
+        return {**example, "image": apply_params(image, params)}
+
+
+# ----------------------------------------------------------------------------- stain normalisation
+
+
+def macenko_normalize(image: np.ndarray, intensity: float = 240.0, alpha: float = 1.0,
+                      beta: float = 0.15) -> np.ndarray:
+    """Macenko et al. (2009) stain normalisation of a uint8 RGB image to a reference H&E.
+
+    Deterministic per image, so the input pipeline runs it once, before caching.
+    Images with too little stained tissue to estimate stains are returned unchanged.
+    """
+    shape = image.shape
+    od = -np.log((image.reshape(-1, 3).astype(np.float64) + 1.0) / intensity)
+    tissue = od[np.all(od >= beta, axis=1)]
+    if len(tissue) < 16:
+        return image
+    _, eigvecs = np.linalg.eigh(np.cov(tissue.T))
+    plane = eigvecs[:, 1:3]
+    projected = tissue @ plane
+    phi = np.arctan2(projected[:, 1], projected[:, 0])
+    lo, hi = np.percentile(phi, alpha), np.percentile(phi, 100 - alpha)
+    v_lo = plane @ np.array([np.cos(lo), np.sin(lo)])
+    v_hi = plane @ np.array([np.cos(hi), np.sin(hi)])
+    stains = np.stack([v_lo, v_hi] if v_lo[0] > v_hi[0] else [v_hi, v_lo], axis=1)
+    concentrations = np.linalg.lstsq(stains, od.T, rcond=None)[0]
+    max_conc = np.percentile(concentrations, 99, axis=1)
+    max_conc = np.where(max_conc > 1e-6, max_conc, 1.0)
+    concentrations *= (MACENKO_REFERENCE_MAX_CONCENTRATIONS / max_conc)[:, None]
+    normalized = intensity * np.exp(-MACENKO_REFERENCE_STAINS @ concentrations)
+    return np.clip(normalized.T, 0, 255).astype(np.uint8).reshape(shape)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+    """Maps uint8 RGB pixels to model inputs: `(x[..., channels] * scale - mean) / std`.
+
+    Plain arithmetic on arrays, so it runs on NumPy and inside a jitted step alike.
+    """
+
+    name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: float = 1.0
+    bgr: bool = False
+
+    def __call__(self, images):
+        x = images[..., ::-1] if self.bgr else images
+        mean = np.asarray(self.mean, np.float32)
+        inv_std = np.asarray(1.0 / np.asarray(self.std), np.float32)
+        return (x.astype(np.float32) * np.float32(self.scale) - mean) * inv_std
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+NORMALIZATIONS = ("imagenet", "caffe", "tf", "unit", "zscore")
+
+
+def make_normalizer(name: str, train_images: np.ndarray | None = None) -> Normalizer:
+    """The named normalisation; `zscore` needs the training images (recipe B's statistics).
+
+    imagenet: torchvision/timm weights (RGB in [0, 1], ImageNet mean/std);
+    caffe: Keras ResNet50 v1 weights (BGR, minus the ImageNet mean in 0..255);
+    tf: Keras ResNet50V2 weights (scaled to [-1, 1]); unit: [0, 1];
+    zscore: per-channel mean/std of the training images.
+    """
+    if name == "imagenet":
+        return Normalizer(name, IMAGENET_MEAN, IMAGENET_STD, scale=1 / 255)
+    if name == "caffe":
+        return Normalizer(name, CAFFE_BGR_MEAN, (1.0, 1.0, 1.0), bgr=True)
+    if name == "tf":
+        return Normalizer(name, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), scale=2 / 255)
+    if name == "unit":
+        return Normalizer(name, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), scale=1 / 255)
+    if name == "zscore":
+        if train_images is None or len(train_images) == 0:
+            raise ValueError("zscore normalisation needs the training images to compute its statistics")
+        mean, std = channel_statistics(train_images)
+        return Normalizer(name, mean, std, scale=1 / 255)
+    raise ValueError(f"Unknown normalisation {name!r}; choose one of {', '.join(NORMALIZATIONS)}")
+
+
+def channel_statistics(images: np.ndarray, chunk: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks to bound memory."""
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        total += block.sum(0)
+        total_sq += np.square(block).sum(0)
+        count += len(block)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+

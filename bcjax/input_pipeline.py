@@ -1,0 +1,332 @@
+"""Grain input pipeline: TFDS data source -> split -> decode once -> augment -> batch -> devices.
+
+PNG decoding costs ~8 ms per image per core, far too slow to repeat every epoch,
+so every image a process needs is decoded once, at the working resolution (and
+stain-normalised if asked), into an in-memory cache; epochs are then served from
+memory. Batches carry uint8 pixels (4x less to move than float32); the
+`Normalizer` maps them to model inputs on the device, inside the step.
+
+Reading never imports TensorFlow: records come through `tfds.data_source`
+(ArrayRecord) and images are decoded with Pillow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from PIL import Image
+
+from bcjax import augment as aug
+from bcjax.datasets import splits as splits_lib
+
+TARGETS = ("label", "tumor_type")
+STAIN_NORMALIZATIONS = ("none", "macenko")
+_METADATA_CHUNK = 256
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No prepared dataset where the config points; the message says how to get one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """Everything the input pipeline needs; mirrors `config.data` field for field."""
+
+    data_dir: str = "~/tensorflow_datasets"
+    dataset: str = "breakhis/archive"  # TFDS name/config: 'archive' (published) or 'custom'
+    manual_dir: str | None = None  # where BreaKHis_v1.tar.gz lies; builds the dataset if missing
+    split: str = "patient_kfold"  # a protocol of bcjax.datasets.splits
+    split_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    magnification: str | None = None  # one of 40X/100X/200X/400X (MSB/MSM tasks) or all
+    height: int = 224
+    width: int = 224
+    target: str = "label"  # 'label' (benign/malignant) or 'tumor_type' (8 classes)
+    normalization: str = "imagenet"  # see bcjax.augment.make_normalizer
+    stain_normalization: str = "none"  # 'macenko' (recipe D), applied once before caching
+    augment: aug.AugmentConfig = aug.AugmentConfig()
+    balance: bool = False  # oversample the target's classes to equal counts (recipe B)
+    seed: int = 0
+    decode_threads: int = 2
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"data.target must be one of {TARGETS}, got {self.target!r}")
+        if self.stain_normalization not in STAIN_NORMALIZATIONS:
+            raise ValueError(
+                f"data.stain_normalization must be one of {STAIN_NORMALIZATIONS}, got {self.stain_normalization!r}"
+            )
+        if self.normalization not in aug.NORMALIZATIONS:
+            raise ValueError(f"data.normalization must be one of {aug.NORMALIZATIONS}, got {self.normalization!r}")
+
+
+# ----------------------------------------------------------------------------- source and metadata
+
+
+def open_source(data_dir: str, dataset: str, manual_dir: str | None = None):
+    """The random-access TFDS source of every image (encoded PNG bytes, not decoded).
+
+    Builds the dataset first when it is missing and `manual_dir` is given.
+    """
+    import bcjax.datasets.breakhis  # noqa: F401  (registers the builder with TFDS)
+
+    data_dir = str(epath.Path(data_dir).expanduser())
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    if not builder.is_prepared():
+        if manual_dir is None:
+            raise DataNotFoundError(missing_dataset_message(data_dir, dataset))
+        prepare(data_dir=data_dir, dataset=dataset, manual_dir=manual_dir)
+    source = tfds.data_source(dataset, data_dir=data_dir, decoders={"image": tfds.decode.SkipDecoding()})
+    return source["train"]
+
+
+def prepare(*, data_dir: str, dataset: str, manual_dir: str) -> None:
+    """Builds `dataset` (e.g. 'breakhis/archive') from the archive or tree in `manual_dir`."""
+    import bcjax.datasets.breakhis  # noqa: F401
+
+    builder = tfds.builder(dataset, data_dir=str(epath.Path(data_dir).expanduser()))
+    config = tfds.download.DownloadConfig(manual_dir=str(epath.Path(manual_dir).expanduser()))
+    builder.download_and_prepare(download_config=config)
+
+
+def missing_dataset_message(data_dir: str, dataset: str) -> str:
+    return (
+        f"No prepared {dataset} dataset in {data_dir}.\n"
+        "  - Get BreaKHis_v1.tar.gz (see bcjax/datasets/breakhis/README.md: it is a manual download),\n"
+        "    then either build it once:\n"
+        f"      python -m bcjax.datasets.prepare --manual_dir=DIR_WITH_ARCHIVE --data_dir={data_dir}\n"
+        "    or point the config at it: --config.data.manual_dir=DIR_WITH_ARCHIVE (built on first use).\n"
+        f"  - If it was built elsewhere, set --config.data.data_dir to that folder (the one holding {dataset.split('/')[0]}/).\n"
+        "  - To try bcjax without BreakHis, run the demo on synthetic data:\n"
+        "      python -m bcjax.main --config=configs/demo.py --workdir=/tmp/bcjax-demo"
+    )
+
+
+def read_table(source) -> splits_lib.ImageTable:
+    """The per-image metadata of every record, in record order."""
+    records = []
+    for start in range(0, len(source), _METADATA_CHUNK):
+        chunk = source.__getitems__(range(start, min(start + _METADATA_CHUNK, len(source))))
+        records.extend(_metadata(r) for r in chunk)
+    return splits_lib.ImageTable.from_records(records)
+
+
+def _metadata(record: Mapping[str, Any]) -> dict[str, Any]:
+    text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+    return {
+        "filename": text(record["filename"]),
+        "patient_id": text(record["patient_id"]),
+        "accession": text(record["accession"]),
+        "label": int(record["label"]),
+        "tumor_type": int(record["tumor_type"]),
+        "magnification": splits_lib.MAGNIFICATIONS[int(record["magnification"])],
+    }
+
+
+# ----------------------------------------------------------------------------- decoded-image cache
+
+
+def decode_image(png: bytes, height: int, width: int, stain_normalization: str = "none") -> np.ndarray:
+    """PNG bytes -> uint8 RGB at the working resolution (stain-normalised if asked)."""
+    with Image.open(io.BytesIO(png)) as image:
+        image.draft("RGB", (width, height))
+        pixels = aug.resize(np.asarray(image.convert("RGB")), height, width)
+    if stain_normalization == "macenko":
+        pixels = aug.macenko_normalize(pixels)
+    return pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedCache:
+    """The decoded images of a set of table rows, held in memory in row order."""
+
+    rows: np.ndarray  # sorted table rows held
+    images: np.ndarray  # [len(rows), height, width, 3] uint8
+
+    def image(self, row: int) -> np.ndarray:
+        position = int(np.searchsorted(self.rows, row))
+        if position >= len(self.rows) or self.rows[position] != row:
+            raise KeyError(f"row {row} is not in this process's decoded cache")
+        return self.images[position]
+
+
+def build_cache(source, rows: Sequence[int], *, height: int, width: int, stain_normalization: str = "none",
+                threads: int = 2, progress: bool = True) -> DecodedCache:
+    """Decodes `rows` of `source` once, with `threads` decoders, showing progress."""
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    images = np.empty((len(rows), height, width, 3), np.uint8)
+    decode = lambda row: decode_image(source[int(row)]["image"], height, width, stain_normalization)  # noqa: E731
+    dataset = grain.MapDataset.source(rows).map(decode)
+    options = grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=4 * max(1, threads))
+    iterator = iter(dataset.to_iter_dataset(options))
+    bar = tfds.core.utils.tqdm(total=len(rows), desc=f"Decoding images at {height}x{width}", unit=" images",
+                               disable=not progress, file=sys.stderr)
+    with bar:
+        for position, pixels in enumerate(iterator):
+            images[position] = pixels
+            bar.update(1)
+    return DecodedCache(rows=rows, images=images)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def host_shard(rows: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """Process `p` owns every `process_count`-th row, so hosts read disjoint shards."""
+    return np.asarray(rows)[process_index::process_count]
+
+
+def balanced_rows(rows: np.ndarray, classes: np.ndarray, seed: int) -> np.ndarray:
+    """Oversamples every class of `rows` (with replacement) to the largest class's count."""
+    rng = np.random.default_rng(seed)
+    rows = np.asarray(rows)
+    labels = classes[rows]
+    largest = max(np.bincount(labels)) if len(rows) else 0
+    parts = []
+    for c in np.unique(labels):
+        members = rows[labels == c]
+        extra = rng.choice(members, largest - len(members), replace=True)
+        parts.append(np.concatenate([members, extra]))
+    return np.sort(np.concatenate(parts)) if parts else rows
+
+
+class _Lookup:
+    """Row -> example dict from the cache and the table."""
+
+    def __init__(self, cache: DecodedCache, table: splits_lib.ImageTable):
+        self.cache = cache
+        self.label = table.label.astype(np.int32)
+        self.tumor_type = table.tumor_type.astype(np.int32)
+        self.magnification = np.array([splits_lib.MAGNIFICATIONS.index(m) for m in table.magnification], np.int32)
+
+    def __call__(self, row: int) -> dict[str, np.ndarray]:
+        row = int(row)
+        return {
+            "image": self.cache.image(row),
+            "label": self.label[row],
+            "tumor_type": self.tumor_type[row],
+            "magnification": self.magnification[row],
+            "index": np.int32(row),
+        }
+
+
+def train_dataset(cache: DecodedCache, table: splits_lib.ImageTable, rows: np.ndarray, *, local_batch: int,
+                  seed: int, augment: aug.AugmentConfig = aug.AugmentConfig(),
+                  threads: int = 2) -> grain.IterDataset:
+    """Infinite shuffled, augmented batches of this process's `rows`; its iterator is checkpointable.
+
+    Every element is a pure function of (seed, position), so a restored iterator
+    continues exactly where the saved one stopped.
+    """
+    dataset = grain.MapDataset.source(np.asarray(rows)).seed(seed).shuffle().repeat()
+    dataset = dataset.map(_Lookup(cache, table))
+    if augment.enabled:
+        dataset = dataset.random_map(aug.RandomAugment(augment))
+    dataset = dataset.batch(local_batch, drop_remainder=True)
+    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=2))
+
+
+def eval_batches(cache: DecodedCache, table: splits_lib.ImageTable, rows: np.ndarray, *, local_batch: int,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Every row exactly once over all processes; the last batches are padded and `mask`ed.
+
+    All processes yield the same number of batches (collectives need that), so a
+    process with fewer rows pads with masked copies.
+    """
+    lookup = _Lookup(cache, table)
+    mine = host_shard(rows, process_index, process_count)
+    per_process = math.ceil(len(rows) / process_count)
+    for start in range(0, max(per_process, 1), local_batch):
+        chunk = mine[start:start + local_batch]
+        examples = [lookup(r) for r in chunk] or [_blank(cache)]
+        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        mask = np.zeros(local_batch, bool)
+        mask[:len(chunk)] = True
+        if not len(chunk):
+            batch["index"][:] = -1
+        yield {**{k: _pad(v, local_batch) for k, v in batch.items()}, "mask": mask}
+
+
+def _blank(cache: DecodedCache) -> dict[str, np.ndarray]:
+    zero = np.int32(0)
+    return {"image": np.zeros(cache.images.shape[1:], np.uint8), "label": zero, "tumor_type": zero,
+            "magnification": zero, "index": np.int32(-1)}
+
+
+def _pad(values: np.ndarray, size: int) -> np.ndarray:
+    missing = size - len(values)
+    if missing <= 0:
+        return values
+    return np.concatenate([values, np.repeat(values[-1:], missing, axis=0)])
+
+
+# ----------------------------------------------------------------------------- the whole input
+
+
+@dataclasses.dataclass
+class InputData:
+    """The split, the decoded cache and the normaliser of one run, ready to make iterators."""
+
+    config: InputConfig
+    table: splits_lib.ImageTable
+    split: splits_lib.Split
+    cache: DecodedCache
+    train_rows: np.ndarray  # this process's training rows (balanced if asked)
+    normalizer: aug.Normalizer
+    process_index: int = 0
+    process_count: int = 1
+
+    @property
+    def num_classes(self) -> int:
+        return 2 if self.config.target == "label" else len(splits_lib.TUMOR_TYPES)
+
+    def train(self, local_batch: int) -> grain.IterDataset:
+        return train_dataset(self.cache, self.table, self.train_rows, local_batch=local_batch,
+                             seed=self.config.seed, augment=self.config.augment, threads=self.config.decode_threads)
+
+    def evaluate(self, side: str, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
+        rows = getattr(self.split, side)
+        return eval_batches(self.cache, self.table, rows, local_batch=local_batch,
+                            process_index=self.process_index, process_count=self.process_count)
+
+
+def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1,
+         progress: bool = True) -> InputData:
+    """Opens the dataset, splits it, and decodes this process's share of it once."""
+    source = open_source(config.data_dir, config.dataset, config.manual_dir)
+    table = read_table(source)
+    split = splits_lib.make_split(table, config.split, magnification=config.magnification, **config.split_kwargs)
+    classes = getattr(table, config.target)
+    train = split.train
+    if config.balance:
+        train = balanced_rows(train, classes, config.seed)
+    train = np.random.default_rng(config.seed).permutation(train)  # fixed partition over hosts
+    train_rows = host_shard(train, process_index, process_count)
+    needed = [train_rows] + [host_shard(getattr(split, s), process_index, process_count)
+                             for s in ("validation", "test")]
+    cache = build_cache(source, np.concatenate(needed), height=config.height, width=config.width,
+                        stain_normalization=config.stain_normalization, threads=config.decode_threads,
+                        progress=progress)
+    normalizer = _normalizer(config, cache, np.unique(train_rows))
+    return InputData(config=config, table=table, split=split, cache=cache, train_rows=train_rows,
+                     normalizer=normalizer, process_index=process_index, process_count=process_count)
+
+
+def _normalizer(config: InputConfig, cache: DecodedCache, train_rows: np.ndarray) -> aug.Normalizer:
+    """The configured normaliser; z-score statistics come from this process's training images.
+
+    With several processes each host sees a different shard, so its statistics
+    differ slightly; the trainer averages them over hosts when that matters.
+    """
+    if config.normalization != "zscore":
+        return aug.make_normalizer(config.normalization)
+    positions = np.searchsorted(cache.rows, train_rows)
+    return aug.make_normalizer("zscore", cache.images[positions])

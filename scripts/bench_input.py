@@ -1,0 +1,106 @@
+"""Input-pipeline throughput, side by side in one run: the papers' PIL loader vs bcjax's cache.
+
+    python scripts/bench_input.py [--patients=1 --images_per_magnification=12] [--height=96 --width=144]
+
+Writes a synthetic BreakHis tree at the real 700x460 size, builds it with the
+TFDS builder, then measures images/s for
+  1. baseline: PIL opens each PNG file one by one, converts and resizes it
+     (what the papers' Keras/PyTorch loaders do every epoch);
+  2. first pass: bcjax decodes every record once into the in-memory cache;
+  3. cached pass: training batches served from the cache (grain), plain and augmented;
+and prints the ratios to the baseline. `--json_out` saves the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from bcjax import augment as aug
+from bcjax import input_pipeline as ip
+from bcjax.datasets import synthetic
+
+_PATIENTS = flags.DEFINE_integer("patients", 1, "Synthetic patients per tumour type (quirk folders come on top).")
+_PER_MAG = flags.DEFINE_integer("images_per_magnification", 12, "Images per patient and magnification.")
+_HEIGHT = flags.DEFINE_integer("height", 96, "Working height (recipe A: 96).")
+_WIDTH = flags.DEFINE_integer("width", 144, "Working width (recipe A: 144).")
+_BATCH = flags.DEFINE_integer("batch", 32, "Batch size of the cached pass.")
+_THREADS = flags.DEFINE_integer("threads", os.cpu_count() or 1, "Decoder threads of the first pass.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where to write the tree and dataset (default: a temp dir).")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the figures as JSON.")
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def baseline_pil(files: list[str], height: int, width: int) -> None:
+    """The papers' loader: open, decode, convert and resize each file, one by one."""
+    for path in files:
+        with Image.open(path) as image:
+            np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
+
+
+def cached_pass(data: ip.InputData, images: int, batch: int, augment: aug.AugmentConfig) -> None:
+    iterator = iter(ip.train_dataset(data.cache, data.table, data.train_rows, local_batch=batch, seed=0,
+                                     augment=augment))
+    for _ in range(max(1, images // batch)):
+        next(iterator)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    root = _WORKDIR.value or tempfile.mkdtemp(prefix="bcjax-bench-input-")
+    tree, seconds = _timed(lambda: synthetic.write_breakhis_tree(
+        os.path.join(root, "manual"), patients=_PATIENTS.value, images_per_magnification=_PER_MAG.value,
+        seed=0, progress=False, overwrite=True))
+    print(f"synthetic tree: {tree.num_images} images of 700x460 in {seconds:.1f}s")
+    data_dir = os.path.join(root, "tfds")
+    _, seconds = _timed(lambda: ip.prepare(data_dir=data_dir, dataset="breakhis/custom",
+                                           manual_dir=os.path.join(root, "manual")))
+    print(f"TFDS build: {seconds:.1f}s")
+    height, width = _HEIGHT.value, _WIDTH.value
+    source = ip.open_source(data_dir, "breakhis/custom")
+    files = [os.path.join(root, "manual", f) for f in ip.read_table(source).filename]
+    n = len(files)
+
+    _, t_baseline = _timed(lambda: baseline_pil(files, height, width))
+    config = ip.InputConfig(data_dir=data_dir, dataset="breakhis/custom", split="recipe_a", height=height,
+                            width=width, decode_threads=_THREADS.value)
+    data, t_first = _timed(lambda: ip.load(config, progress=False))
+    cached_images = max(n, 20 * _BATCH.value)
+    _, t_cached = _timed(lambda: cached_pass(data, cached_images, _BATCH.value, aug.AugmentConfig()))
+    flips = aug.AugmentConfig(flip_horizontal=True, flip_vertical=True, rotate90=True)
+    _, t_augmented = _timed(lambda: cached_pass(data, cached_images, _BATCH.value, flips))
+
+    served = (cached_images // _BATCH.value) * _BATCH.value
+    rates = {
+        "baseline_pil_per_file": n / t_baseline,
+        "first_pass_decode_to_cache": n / t_first,
+        "cached_pass": served / t_cached,
+        "cached_pass_flips_rotations": served / t_augmented,
+    }
+    print(f"\nInput pipeline, {n} BreakHis-sized PNGs (700x460) -> {height}x{width}, "
+          f"{os.cpu_count()} CPU cores, {_THREADS.value} decoder threads")
+    print(f"{'path':<32}{'images/s':>12}{'x baseline':>12}")
+    for name, rate in rates.items():
+        print(f"{name:<32}{rate:>12.1f}{rate / rates['baseline_pil_per_file']:>12.1f}")
+    if _JSON_OUT.value:
+        record = {"images": n, "height": height, "width": width, "batch": _BATCH.value,
+                  "cpu_count": os.cpu_count(), "threads": _THREADS.value, "machine": platform.platform(),
+                  "images_per_second": rates}
+        with open(_JSON_OUT.value, "w") as f:
+            json.dump(record, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,148 @@
+"""The grain input pipeline on a prepared synthetic BreakHis: cache, batches, sharding, state."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from bcjax import augment as aug
+from bcjax import input_pipeline as ip
+
+
+@pytest.fixture(scope="module")
+def data(prepared_data_dir):
+    config = ip.InputConfig(data_dir=str(prepared_data_dir), dataset="breakhis/custom", height=32, width=48,
+                            split="patient_kfold", split_kwargs={"k": 3, "fold": 1}, seed=3)
+    return ip.load(config, progress=False)
+
+
+def test_load_splits_and_caches_every_needed_image(data):
+    split = data.split
+    assert split.leakage.n_shared_accessions == 0
+    needed = np.concatenate([split.train, split.validation, split.test])
+    assert set(data.cache.rows) == set(needed)
+    assert data.cache.images.shape == (len(data.cache.rows), 32, 48, 3)
+    assert data.cache.images.dtype == np.uint8
+    assert data.cache.images.std() > 5  # real pixels, not zeros
+
+
+def test_cache_holds_the_decoded_resized_image(data, prepared_data_dir):
+    source = ip.open_source(str(prepared_data_dir), "breakhis/custom")
+    row = int(data.split.test[0])
+    expected = ip.decode_image(source[row]["image"], 32, 48)
+    np.testing.assert_array_equal(data.cache.image(row), expected)
+
+
+def test_train_batches_have_labels_of_their_rows(data):
+    iterator = iter(data.train(local_batch=8))
+    for _ in range(3):
+        batch = next(iterator)
+        assert batch["image"].shape == (8, 32, 48, 3) and batch["image"].dtype == np.uint8
+        rows = batch["index"]
+        assert set(rows) <= set(data.split.train)
+        np.testing.assert_array_equal(batch["label"], data.table.label[rows])
+        np.testing.assert_array_equal(batch["tumor_type"], data.table.tumor_type[rows])
+
+
+def test_train_iterator_state_restores_exactly(data):
+    dataset = data.train(local_batch=4)
+    iterator = iter(dataset)
+    for _ in range(5):
+        next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator)["index"] for _ in range(3)]
+    restored = iter(dataset)
+    restored.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(restored)["index"], want)
+
+
+def test_an_epoch_visits_every_training_row_once(data):
+    n = len(data.train_rows)
+    iterator = iter(data.train(local_batch=1))
+    seen = [int(next(iterator)["index"][0]) for _ in range(n)]
+    assert sorted(seen) == sorted(data.train_rows.tolist())
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 3])
+def test_evaluation_counts_every_image_exactly_once(data, process_count):
+    rows = data.split.test
+    counted = []
+    batches_per_process = set()
+    for p in range(process_count):
+        batches = list(ip.eval_batches(data.cache, data.table, rows, local_batch=4, process_index=p,
+                                       process_count=process_count))
+        batches_per_process.add(len(batches))
+        for batch in batches:
+            assert batch["image"].shape[0] == 4
+            counted.extend(batch["index"][batch["mask"]].tolist())
+    assert sorted(counted) == sorted(rows.tolist())
+    assert len(batches_per_process) == 1  # every process runs the same number of steps
+
+
+def test_balancing_equalises_class_counts():
+    classes = np.array([0] * 10 + [1] * 3 + [2] * 1)
+    rows = np.arange(14)
+    balanced = ip.balanced_rows(rows, classes, seed=0)
+    assert np.bincount(classes[balanced]).tolist() == [10, 10, 10]
+    assert set(rows) <= set(balanced)
+
+
+def test_augmented_training_keeps_shapes(prepared_data_dir):
+    config = ip.InputConfig(
+        data_dir=str(prepared_data_dir), dataset="breakhis/custom", height=32, width=32, split="patient_holdout",
+        augment=aug.AugmentConfig(flip_horizontal=True, rotate90=True, crop_scale=(0.5, 1.0), hed_sigma=0.05),
+        normalization="zscore", balance=True, target="tumor_type",
+    )
+    data = ip.load(config, progress=False)
+    batch = next(iter(data.train(local_batch=6)))
+    assert batch["image"].shape == (6, 32, 32, 3)
+    assert data.num_classes == 8
+    normalized = data.normalizer(data.cache.images)
+    assert abs(float(normalized.mean())) < 0.5 and 0.5 < float(normalized.std()) < 2.0
+
+
+def test_missing_dataset_says_what_to_do(tmp_path):
+    with pytest.raises(ip.DataNotFoundError) as error:
+        ip.open_source(str(tmp_path), "breakhis/archive")
+    message = str(error.value)
+    assert "BreaKHis_v1.tar.gz" in message and "manual_dir" in message and "configs/demo.py" in message
+
+
+def test_bad_config_values_are_named():
+    with pytest.raises(ValueError, match="data.target"):
+        ip.InputConfig(target="patient")
+    with pytest.raises(ValueError, match="data.normalization"):
+        ip.InputConfig(normalization="minmax")
+
+
+def test_batches_on_eight_devices_without_tensorflow(prepared_data_dir):
+    """Global sharded batches on 8 forced CPU devices; a fresh process never imports TensorFlow."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        import jax
+        from bcjax import input_pipeline as ip, parallel
+        config = ip.InputConfig(data_dir={str(prepared_data_dir)!r}, dataset="breakhis/custom", height=16, width=24,
+                                split="patient_holdout")
+        data = ip.load(config, progress=False)
+        mesh = parallel.make_mesh()
+        assert mesh.devices.size == 8
+        local = parallel.local_batch_size(16, mesh)
+        iterator = iter(data.train(local))
+        for _ in range(2):
+            batch = parallel.to_global(next(iterator), mesh)
+            assert batch["image"].shape == (16, 16, 24, 3)
+            assert len(batch["image"].sharding.device_set) == 8
+            assert batch["image"].addressable_shards[0].data.shape == (2, 16, 24, 3)
+        images = data.normalizer(batch["image"])  # the normaliser runs on jax.Arrays too
+        assert images.dtype == jax.numpy.float32
+        assert "tensorflow" not in sys.modules, "reading imported TensorFlow"
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok" in result.stdout
