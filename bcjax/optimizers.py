@@ -1,0 +1,228 @@
+"""Optimizers for a Classifier's parameters: one optax transformation built from a config.
+
+The parameters are split into two groups by their first path key, `backbone` and `head`
+(`nnx.split(model, nnx.Param, ...)` of a `bcjax.models.Classifier`). Each group gets its own copy
+of the optimizer, so the groups can have their own learning rates and the backbone can be frozen
+for the first steps. The chain is:
+
+    [zero the frozen backbone's gradients, clip by global norm]    (only when clipping)
+    partition: backbone -> [L2 weight decay] -> optimizer(schedule x backbone_lr_multiplier)
+               head     -> [L2 weight decay] -> optimizer(schedule x head_lr_multiplier)
+
+Config fields (`default_optimizer_config()` lists them with their defaults):
+
+- `name`: 'rmsprop', 'adam', 'adamw' and 'sgd' read the fields below; any other optax optimizer
+  function that takes `learning_rate` ('lamb', 'lion', 'adafactor', ...) is called with
+  `learning_rate` and `kwargs` only. `kwargs` also extends or overrides the four named ones
+  (e.g. `{'initial_scale': 1.0}` for TF1's RMSprop).
+- `learning_rate`, `schedule`: the base (peak) learning rate and its shape over `total_steps`:
+  'constant'; 'cosine' (from `learning_rate` down to `learning_rate * end_learning_rate_factor` at
+  `total_steps`); 'warmup_constant' and 'warmup_cosine' (a linear rise from 0 over `warmup_steps`
+  first; the cosine ends at `total_steps` all the same); 'step' (multiplied by `decay_rate` every
+  `decay_steps`). `warmup_steps` with a schedule that does not warm up is an error, not ignored.
+- rmsprop: `decay` (rho), `eps`, `eps_in_sqrt`, `momentum`, `nesterov`, `centered`. With
+  `eps_in_sqrt=True` (optax's default) the update is the one written in recipe A's paper,
+  v = rho*v + (1-rho)*g^2; w -= lr*g/sqrt(v + eps). Keras' RMSprop divides by sqrt(v) + eps
+  instead (`eps_in_sqrt=False`) with rho 0.9 and eps 1e-7; the two differ most while v is small.
+  Both start v at 0, so the first step is about lr/sqrt(1 - rho), 3.2 lr with rho 0.9.
+- adam/adamw: `b1`, `b2`, `eps` (optax's adam has eps outside the square root, as Keras does).
+- sgd: `momentum` (0 = plain SGD), `nesterov`.
+- `weight_decay`: for 'adamw' the decoupled decay of optax (w -= lr * weight_decay * w, so it
+  follows the schedule and the group multipliers). For every other name it is the L2 penalty of
+  PyTorch's `weight_decay` argument, g += weight_decay * w before the optimizer; that is what
+  "Adam with weight decay" meant before AdamW, so recipe B reads `name='adam',
+  weight_decay=1e-4`. (Keras 3's `Adam(weight_decay=...)` is decoupled: use 'adamw' for it.)
+  Optimizers with their own decoupled decay ('lion', 'lamb') take it through `kwargs`.
+- `weight_decay_mask`: 'kernels' decays only parameters of rank >= 2 (conv and dense kernels),
+  leaving biases and BatchNorm scales and offsets alone; 'all' decays everything.
+- `grad_clip_norm`: clip the global norm of the gradients that train (0 = off). While the
+  backbone is frozen its gradients do not count, so they cannot shrink the head's steps.
+- `freeze_backbone_steps`: for the first N steps the backbone's updates are exactly zero and its
+  optimizer state (moments, step count) is not touched, so after unfreezing it starts as a fresh
+  optimizer would (no stale or inflated moments), at the schedule's value for the global step.
+  Adam's bias correction then also counts from the unfreezing step.
+- `backbone_lr_multiplier`, `head_lr_multiplier`: each group's learning rate is the schedule
+  times its multiplier (0 keeps a group fixed, weight decay included).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+GROUPS = ("backbone", "head")
+NAMED_OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_constant", "warmup_cosine", "step")
+WEIGHT_DECAY_MASKS = ("kernels", "all")
+
+
+def default_optimizer_config() -> ml_collections.ConfigDict:
+    """Every field `make_optimizer` reads, with its default."""
+    c = ml_collections.ConfigDict()
+    c.name = "adam"  # 'rmsprop' | 'adam' | 'adamw' | 'sgd' | any optax.<name> taking learning_rate
+    c.kwargs = {}  # extra keyword arguments for the optax function; they override the fields below
+    c.learning_rate = 1e-4  # base (peak) learning rate
+    c.schedule = "constant"  # 'constant' | 'cosine' | 'warmup_constant' | 'warmup_cosine' | 'step'
+    c.warmup_steps = 0  # warmup_* schedules: linear rise from 0 over these steps
+    c.end_learning_rate_factor = 0.0  # cosine schedules: final lr = factor * learning_rate
+    c.decay_steps = 0  # 'step' schedule: multiply the lr by decay_rate every decay_steps steps
+    c.decay_rate = 0.1  # 'step' schedule: the factor
+    c.decay = 0.9  # rmsprop: rho, the moving average's decay (Keras 0.9)
+    c.eps = 1e-7  # rmsprop/adam/adamw: denominator epsilon (Keras 1e-7; optax/PyTorch 1e-8)
+    c.eps_in_sqrt = True  # rmsprop: sqrt(v + eps) as in recipe A's paper; False: Keras' sqrt(v) + eps
+    c.momentum = 0.0  # rmsprop/sgd: momentum (0 = none)
+    c.nesterov = False  # rmsprop/sgd: Nesterov momentum
+    c.centered = False  # rmsprop: divide by the variance instead of the second moment
+    c.b1 = 0.9  # adam/adamw: first-moment decay
+    c.b2 = 0.999  # adam/adamw: second-moment decay
+    c.weight_decay = 0.0  # adamw: decoupled decay; other optimizers: L2 added to the gradient
+    c.weight_decay_mask = "kernels"  # 'kernels' (rank >= 2 only) | 'all'
+    c.grad_clip_norm = 0.0  # clip the global gradient norm to this (0 = off)
+    c.freeze_backbone_steps = 0  # train the head only for this many steps
+    c.backbone_lr_multiplier = 1.0  # backbone lr = schedule * this
+    c.head_lr_multiplier = 1.0  # head lr = schedule * this
+    return c
+
+
+def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
+    """The optimizer for a Classifier's params; fields missing from `config` take their defaults.
+
+    `total_steps` is the length of the run, which the cosine schedules decay over.
+    """
+    c = _resolved(config)
+    parts = []
+    if c.grad_clip_norm:
+        if c.freeze_backbone_steps:  # a frozen backbone's gradients must not count in the norm
+            parts.append(_by_group(c, lambda group: optax.identity()))
+        parts.append(optax.clip_by_global_norm(c.grad_clip_norm))
+    parts.append(_by_group(c, lambda group: _group_optimizer(c, total_steps, group)))
+    return optax.chain(*parts)
+
+
+def param_labels(params: Any) -> Any:
+    """The tree of `params` with each leaf replaced by its group, 'backbone' or 'head'."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: _group_of(path), params)
+
+
+def learning_rate_at(config: Any, total_steps: int, step: int, group: str = "head") -> float:
+    """The learning rate `group` trains with at `step` (0 while frozen), for logging."""
+    c = _resolved(config)
+    if group not in GROUPS:
+        raise ValueError(f"unknown parameter group {group!r}; choose one of {GROUPS}")
+    if step < _frozen_steps(c, group):
+        return 0.0
+    return float(_multiplier(c, group) * _base_schedule(c, total_steps)(step))
+
+
+def _resolved(config: Any) -> SimpleNamespace:
+    # Partial configs (tests, configs older than a new field) fall back to the defaults.
+    return SimpleNamespace(**{k: getattr(config, k, v) for k, v in default_optimizer_config().items()})
+
+
+def _group_of(path: tuple) -> str:
+    key = path[0]
+    name = getattr(key, "key", getattr(key, "name", key))
+    if name not in GROUPS:
+        raise ValueError(
+            f"parameter {jax.tree_util.keystr(path)} is under {name!r}; the optimizer expects "
+            f"the top-level groups {GROUPS} of a bcjax.models.Classifier's params"
+        )
+    return name
+
+
+def _by_group(c: SimpleNamespace, make: Callable[[str], optax.GradientTransformation]):
+    """`make(group)` for each group, the backbone's held at zero while it is frozen."""
+    return optax.partition(
+        {group: _frozen_for(make(group), _frozen_steps(c, group)) for group in GROUPS}, param_labels
+    )
+
+
+def _frozen_for(tx: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+    # conditionally_mask zeroes the updates and leaves the inner state untouched until `steps`.
+    if not steps:
+        return tx
+    return optax.transforms.conditionally_mask(tx, lambda step: step >= steps)
+
+
+def _frozen_steps(c: SimpleNamespace, group: str) -> int:
+    return c.freeze_backbone_steps if group == "backbone" else 0
+
+
+def _multiplier(c: SimpleNamespace, group: str) -> float:
+    return c.backbone_lr_multiplier if group == "backbone" else c.head_lr_multiplier
+
+
+def _group_optimizer(c: SimpleNamespace, total_steps: int, group: str) -> optax.GradientTransformation:
+    base = _base_schedule(c, total_steps)
+    scale, offset = _multiplier(c, group), _frozen_steps(c, group)
+    # A frozen group's own step count starts when it unfreezes; the offset keeps it on the
+    # global schedule.
+    schedule = lambda count: scale * base(count + offset)  # noqa: E731
+    optimizer = _optax_function(c.name)(learning_rate=schedule, **_optimizer_kwargs(c))
+    if c.weight_decay and c.name != "adamw":
+        return optax.chain(optax.add_decayed_weights(c.weight_decay, _decay_mask(c)), optimizer)
+    return optimizer
+
+
+def _optimizer_kwargs(c: SimpleNamespace) -> dict:
+    momentum = c.momentum or None  # optax: None skips the momentum state
+    named = {
+        "rmsprop": dict(decay=c.decay, eps=c.eps, eps_in_sqrt=c.eps_in_sqrt, momentum=momentum,
+                        nesterov=c.nesterov, centered=c.centered),
+        "adam": dict(b1=c.b1, b2=c.b2, eps=c.eps),
+        "adamw": dict(b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=_decay_mask(c)),
+        "sgd": dict(momentum=momentum, nesterov=c.nesterov),
+    }
+    return {**named.get(c.name, {}), **dict(c.kwargs)}
+
+
+def _optax_function(name: str) -> Callable[..., optax.GradientTransformation]:
+    fn = getattr(optax, name, None)
+    if not callable(fn) or "learning_rate" not in inspect.signature(fn).parameters:
+        raise ValueError(
+            f"unknown config.optimizer.name {name!r}: use one of {NAMED_OPTIMIZERS} (configured by "
+            "their own fields) or the name of any optax optimizer function that takes "
+            "learning_rate, optax.<name> (e.g. 'lamb', 'lion', 'adafactor'; arguments in "
+            "config.optimizer.kwargs)"
+        )
+    return fn
+
+
+def _decay_mask(c: SimpleNamespace) -> Callable[[Any], Any] | None:
+    if c.weight_decay_mask not in WEIGHT_DECAY_MASKS:
+        raise ValueError(
+            f"unknown config.optimizer.weight_decay_mask {c.weight_decay_mask!r}; "
+            f"choose one of {WEIGHT_DECAY_MASKS}"
+        )
+    if c.weight_decay_mask == "all":
+        return None
+    return lambda params: jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def _base_schedule(c: SimpleNamespace, total_steps: int) -> optax.Schedule:
+    lr, end_lr = c.learning_rate, c.learning_rate * c.end_learning_rate_factor
+    if c.schedule not in SCHEDULES:
+        raise ValueError(f"unknown config.optimizer.schedule {c.schedule!r}; choose one of {SCHEDULES}")
+    if c.warmup_steps and not c.schedule.startswith("warmup_"):
+        raise ValueError(
+            f"config.optimizer.warmup_steps={c.warmup_steps} but schedule {c.schedule!r} does not "
+            "warm up; use 'warmup_constant' or 'warmup_cosine', or set warmup_steps=0"
+        )
+    if c.schedule == "step" and c.decay_steps <= 0:
+        raise ValueError("schedule 'step' needs config.optimizer.decay_steps > 0")
+    if c.schedule == "constant":
+        return optax.constant_schedule(lr)
+    if c.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, total_steps, alpha=c.end_learning_rate_factor)
+    if c.schedule == "warmup_constant":
+        return optax.warmup_constant_schedule(0.0, lr, c.warmup_steps)
+    if c.schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, c.warmup_steps, total_steps, end_value=end_lr)
+    return optax.exponential_decay(lr, c.decay_steps, c.decay_rate, staircase=True)
