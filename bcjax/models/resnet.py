@@ -1,0 +1,193 @@
+"""ResNet-18..152 backbones in Flax NNX, in the three published layouts.
+
+Layouts (REFERENCE.md section 4):
+  "v1.5"  torchvision/timm: stride on the 3x3 conv of a bottleneck, no conv biases.
+  "v1"    Keras ResNet50/101/152: stride on the first 1x1 conv and the projection.
+          Keras convs carry biases, but each is followed by a BatchNorm, so the
+          converter folds them into the BN mean and the model has none (an exact
+          rewrite in eval and train mode alike).
+  "v2"    Keras ResNet50V2/101V2/152V2, pre-activation: stem conv with bias and no BN,
+          stride on the LAST block of stages 1-3, a 1x1 max-pool (a subsample) as
+          shortcut when a block strides without a projection, post_bn/relu at the end.
+
+Basic blocks (ResNet-18/34) exist in every layout; Keras publishes none, so their v1/v2
+forms follow the same rules. Padding is explicit and symmetric everywhere, as in torch
+and in Keras' ZeroPadding2D + 'valid' (Flax "SAME" pads stride-2 convs asymmetrically).
+Inputs are NHWC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ARCHITECTURES: dict[str, tuple[str, tuple[int, ...]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+LAYOUTS = ("v1.5", "v1", "v2")
+# torch BatchNorm2d uses 1e-5; every Keras ResNet uses 1.001e-5.
+BN_EPSILON = {"v1.5": 1e-5, "v1": 1.001e-5, "v2": 1.001e-5}
+# Flax momentum 0.9 == torch momentum 0.1, for every layout (Keras trains with 0.99).
+BN_MOMENTUM = 0.9
+STAGE_WIDTHS = (64, 128, 256, 512)
+STEM_WIDTH = 64
+
+# torchvision's init (kaiming_normal_, fan_out): a sensible start when training from scratch.
+_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layers:
+    """Builds convs and batch norms sharing one dtype policy and BN epsilon."""
+
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+    epsilon: float
+    rngs: nnx.Rngs
+
+    def conv(self, cin: int, cout: int, size: int, stride: int = 1, *, use_bias: bool = False) -> nnx.Conv:
+        pad = size // 2
+        return nnx.Conv(
+            cin, cout, (size, size), (stride, stride),
+            padding=((pad, pad), (pad, pad)), use_bias=use_bias, kernel_init=_CONV_INIT,
+            dtype=self.dtype, param_dtype=self.param_dtype, rngs=self.rngs,
+        )
+
+    def bn(self, features: int) -> nnx.BatchNorm:
+        return nnx.BatchNorm(
+            features, momentum=BN_MOMENTUM, epsilon=self.epsilon,
+            dtype=self.dtype, param_dtype=self.param_dtype, rngs=self.rngs,
+        )
+
+
+def _max_pool_zero_padded(x: jax.Array) -> jax.Array:
+    """3x3/2 max pool over a 1-pixel zero border, as Keras pools.
+
+    The v1/v1.5 stem output is non-negative (after ReLU), so this equals torch's -inf
+    padding there; the v2 stem pools raw conv outputs, where only zeros reproduce Keras.
+    """
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+
+
+class ResidualBlock(nnx.Module):
+    """One basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1 x4) residual block.
+
+    `convs[k]` is followed by `bns[k]`; in v2 the last conv has a bias and no BN, and a
+    `preact_bn` normalises the block input instead.
+    """
+
+    def __init__(self, cin: int, width: int, kind: str, stride: int, layout: str, layers: _Layers):
+        sizes = (3, 3) if kind == "basic" else (1, 3, 1)
+        widths = (width, width) if kind == "basic" else (width, width, 4 * width)
+        stride_at = 0 if kind == "basic" or layout == "v1" else 1
+        self.preact = layout == "v2"
+        self.stride = stride
+        self.out_features = widths[-1]
+        convs, bns, c = [], [], cin
+        for k, (size, cout) in enumerate(zip(sizes, widths)):
+            last = k == len(sizes) - 1
+            conv_stride = stride if k == stride_at else 1
+            convs.append(layers.conv(c, cout, size, conv_stride, use_bias=self.preact and last))
+            if not (self.preact and last):
+                bns.append(layers.bn(cout))
+            c = cout
+        self.convs = nnx.List(convs)
+        self.bns = nnx.List(bns)
+        self.preact_bn = layers.bn(cin) if self.preact else None
+        project = cin != c or (stride != 1 and not self.preact)
+        self.shortcut_conv = layers.conv(cin, c, 1, stride, use_bias=self.preact) if project else None
+        self.shortcut_bn = layers.bn(c) if project and not self.preact else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.preact:
+            y = nnx.relu(self.preact_bn(x))
+            # Keras' MaxPooling2D(1, strides) on the raw input: a plain subsample.
+            subsampled = x[:, :: self.stride, :: self.stride]
+            shortcut = self.shortcut_conv(y) if self.shortcut_conv is not None else subsampled
+        else:
+            y = x
+            shortcut = self.shortcut_bn(self.shortcut_conv(x)) if self.shortcut_conv is not None else x
+        for k, conv in enumerate(self.convs):
+            y = conv(y)
+            if k < len(self.bns):
+                y = self.bns[k](y)
+            if k < len(self.convs) - 1:
+                y = nnx.relu(y)
+        y = y + shortcut
+        return y if self.preact else nnx.relu(y)
+
+
+def _block_strides(layout: str, depth: int, stage: int) -> list[int]:
+    """Stride of each block in a stage: v1/v1.5 stride the first block of stages 2-4,
+    Keras v2 strides the last block of stages 1-3."""
+    strides = [1] * depth
+    if layout == "v2":
+        strides[-1] = 2 if stage < 3 else 1
+    else:
+        strides[0] = 2 if stage > 0 else 1
+    return strides
+
+
+class ResNet(nnx.Module):
+    """ResNet backbone; returns globally average-pooled features (B, num_features)."""
+
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        layout: str = "v1.5",
+        *,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        bn_epsilon: float | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+        kind, depths = ARCHITECTURES[arch]
+        self.arch, self.layout = arch, layout
+        self.bn_epsilon = BN_EPSILON[layout] if bn_epsilon is None else bn_epsilon
+        layers = _Layers(dtype, param_dtype, self.bn_epsilon, rngs)
+        preact = layout == "v2"
+        self.stem_conv = layers.conv(3, STEM_WIDTH, 7, 2, use_bias=preact)
+        self.stem_bn = None if preact else layers.bn(STEM_WIDTH)
+        stages, c = [], STEM_WIDTH
+        for i, (width, depth) in enumerate(zip(STAGE_WIDTHS, depths)):
+            blocks = []
+            for stride in _block_strides(layout, depth, i):
+                blocks.append(ResidualBlock(c, width, kind, stride, layout, layers))
+                c = blocks[-1].out_features
+            stages.append(nnx.List(blocks))
+        self.stages = nnx.List(stages)
+        self.post_bn = layers.bn(c) if preact else None
+        self.num_features = c
+
+    def __call__(self, x: jax.Array, *, return_stages: bool = False):
+        """Maps NHWC images to pooled features.
+
+        With `return_stages=True` returns `(features, stages)` where `stages` holds the
+        outputs of "stem" (after the max pool) and "stage1".."stage4" (the last block's
+        output; in v2 before post_bn, like Keras' `convN_blockM_out`), for parity tests.
+        """
+        x = self.stem_conv(x)
+        if self.stem_bn is not None:
+            x = nnx.relu(self.stem_bn(x))
+        x = _max_pool_zero_padded(x)
+        stages = {"stem": x}
+        for i, stage in enumerate(self.stages):
+            for block in stage:
+                x = block(x)
+            stages[f"stage{i + 1}"] = x
+        if self.post_bn is not None:
+            x = nnx.relu(self.post_bn(x))
+        features = jnp.mean(x, axis=(1, 2))
+        return (features, stages) if return_stages else features

@@ -1,0 +1,127 @@
+"""The model family: sizes, layouts, heads, dtypes, train/eval, summary CLI, purity.
+Parity with torchvision/timm/Keras outputs is in test_convert.py."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bcjax.models import create_model, summary
+
+# Trainable parameters as torchvision and Keras report them (Keras' ResNet50 has 26,560
+# more: the conv biases, which our v1 folds into the BN means).
+PARAMETERS = {
+    ("resnet18", "v1.5"): 11_689_512,
+    ("resnet34", "v1.5"): 21_797_672,
+    ("resnet50", "v1.5"): 25_557_032,
+    ("resnet50", "v1"): 25_557_032,
+    ("resnet101", "v1.5"): 44_549_160,
+    ("resnet152", "v1.5"): 60_192_808,
+    ("resnet50", "v2"): 25_568_360,  # keras.applications.ResNet50V2 trainable weights
+}
+
+
+def abstract(arch, layout, head="linear", num_classes=1000, **kwargs):
+    return nnx.eval_shape(lambda: create_model(arch, layout, head, num_classes, rngs=nnx.Rngs(0), **kwargs))
+
+
+@pytest.mark.parametrize("arch,layout", PARAMETERS)
+def test_parameter_counts(arch, layout):
+    assert sum(summary.parameter_counts(abstract(arch, layout)).values()) == PARAMETERS[arch, layout]
+
+
+@pytest.mark.parametrize("layout,stage_sizes", [("v1.5", (8, 8, 4, 2, 1)), ("v1", (8, 8, 4, 2, 1)),
+                                                ("v2", (8, 4, 2, 1, 1))])
+def test_stage_shapes(layout, stage_sizes):
+    """v2 strides at the end of stages 1-3, the others at the start of stages 2-4."""
+    model = abstract("resnet50", layout)
+    features, stages = nnx.eval_shape(lambda m: m.backbone(jnp.zeros((2, 32, 32, 3)), return_stages=True), model)
+    stages = [stages[name] for name in ("stem", "stage1", "stage2", "stage3", "stage4")]
+    assert features.shape == (2, 2048)
+    assert [s.shape[1] for s in stages] == list(stage_sizes)
+    assert [s.shape[-1] for s in stages] == [64, 256, 512, 1024, 2048]
+
+
+@pytest.mark.parametrize("layout", ["v1.5", "v2"])
+def test_odd_input_size(layout):
+    model = abstract("resnet18", layout, num_classes=3)
+    assert nnx.eval_shape(lambda m: m(jnp.zeros((1, 45, 37, 3))), model).shape == (1, 3)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
+    model = abstract("resnet18", "v1.5", "recipe_a", 1, dtype=jnp.bfloat16)
+    stages, logits = nnx.eval_shape(
+        lambda m, x: (m.backbone(x, return_stages=True)[1], m(x)), model, jnp.ones((2, 32, 32, 3)))
+    assert stages["stage4"].dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+    variables = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
+    assert {v.dtype for _, v in variables} == {jnp.dtype(jnp.float32)}
+
+
+def test_train_updates_batch_stats_and_eval_does_not():
+    model = create_model("resnet18", "v1.5", "linear", 1, rngs=nnx.Rngs(0))
+    forward = nnx.jit(lambda m, x: m(x))  # one compile per mode, cheaper than op by op
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3)) + 3.0
+    forward(model, x)
+    mean = np.asarray(model.backbone.stem_bn.mean[...])
+    assert np.abs(mean).max() > 0  # momentum 0.9: moved by 10% of the batch mean
+    model.eval()
+    forward(model, x)
+    np.testing.assert_array_equal(model.backbone.stem_bn.mean[...], mean)
+
+
+def test_recipe_a_head_order_and_dropout_modes():
+    model = create_model("resnet18", "v1.5", "recipe_a", 1, rngs=nnx.Rngs(params=0, dropout=1))
+    head = model.head
+    assert [d.kernel.shape for d in head.hidden] == [(512, 1024)]
+    assert head.dropout.rate == 0.4 and head.dropout_first and head.out.kernel.shape == (1024, 1)
+    features = jnp.ones((4, 512))
+    assert not np.allclose(head(features), head(features))  # training: fresh dropout masks
+    model.eval()
+    np.testing.assert_array_equal(head(features), head(features))
+
+
+def test_mlp_head_is_configurable():
+    model = abstract("resnet18", "v1.5", "mlp", 8, hidden=(256, 128), dropout=0.2, activation="gelu")
+    assert [d.kernel.shape for d in model.head.hidden] == [(512, 256), (256, 128)]
+    assert model.head.out.kernel.shape == (128, 8)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(arch="resnet20"), "unknown arch"),
+    (dict(layout="v3"), "unknown layout"),
+    (dict(head="svm"), "unknown head"),
+    (dict(head="mlp", activation="swish2"), "unknown activation"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_model(**{"arch": "resnet18", "rngs": nnx.Rngs(0), **kwargs})
+
+
+def test_summary_cli(capsys):
+    assert summary.main(["resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert "23,508,032" in out and "25,557,032" in out
+    flops = float(out.split("padding excluded): ")[1].split(" GFLOPs")[0])
+    assert 7.9 < flops < 8.2  # 4.09 GMACs dense, minus the products with padding zeros
+
+
+def test_summary_help():
+    result = subprocess.run([sys.executable, "-m", "bcjax.models.summary", "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "--layout" in result.stdout
+
+
+def test_models_import_nothing_else_from_bcjax():
+    """models/ stays pure: no data, training or I/O modules."""
+    for path in pathlib.Path(summary.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                assert not name.startswith("bcjax") or name.startswith("bcjax.models"), (path.name, name)
