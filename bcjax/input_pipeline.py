@@ -218,20 +218,27 @@ class _Lookup:
         }
 
 
-def train_dataset(cache: DecodedCache, table: splits_lib.ImageTable, rows: np.ndarray, *, local_batch: int,
-                  seed: int, augment: aug.AugmentConfig = aug.AugmentConfig(),
-                  threads: int = 2) -> grain.IterDataset:
-    """Infinite shuffled, augmented batches of this process's `rows`; its iterator is checkpointable.
+def train_dataset(cache: DecodedCache, table: splits_lib.ImageTable, rows: np.ndarray, *, global_batch: int,
+                  seed: int, augment: aug.AugmentConfig = aug.AugmentConfig(), process_index: int = 0,
+                  process_count: int = 1, threads: int = 2) -> grain.IterDataset:
+    """This process's slices of infinite shuffled, augmented global batches; checkpointable.
 
-    Every element is a pure function of (seed, position), so a restored iterator
-    continues exactly where the saved one stopped.
+    One global sequence (shuffled per epoch, augmented per position) is cut into
+    global batches, and process `p` takes the p-th contiguous slice of each. So a
+    global batch is the same whatever the number of processes, and every element is
+    a pure function of (seed, position): a restored iterator continues exactly.
     """
-    dataset = grain.MapDataset.source(np.asarray(rows)).seed(seed).shuffle().repeat()
-    dataset = dataset.map(_Lookup(cache, table))
+    if global_batch % process_count:
+        raise ValueError(f"Global batch {global_batch} does not divide over {process_count} processes")
+    local_batch = global_batch // process_count
+    sequence = grain.MapDataset.source(np.asarray(rows)).seed(seed).shuffle().repeat()
+    sequence = sequence.map(_Lookup(cache, table))
     if augment.enabled:
-        dataset = dataset.random_map(aug.RandomAugment(augment))
-    dataset = dataset.batch(local_batch, drop_remainder=True)
-    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=2))
+        sequence = sequence.random_map(aug.RandomAugment(augment))
+    position = lambda k: (k // local_batch) * global_batch + process_index * local_batch + k % local_batch  # noqa: E731
+    mine = grain.MapDataset.range(sys.maxsize).map(lambda k: sequence[position(k)])
+    mine = mine.batch(local_batch, drop_remainder=True)
+    return mine.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=2))
 
 
 def eval_batches(cache: DecodedCache, table: splits_lib.ImageTable, rows: np.ndarray, *, local_batch: int,
@@ -279,7 +286,7 @@ class InputData:
     table: splits_lib.ImageTable
     split: splits_lib.Split
     cache: DecodedCache
-    train_rows: np.ndarray  # this process's training rows (balanced if asked)
+    train_rows: np.ndarray  # the training rows (oversampled when balancing)
     normalizer: aug.Normalizer
     process_index: int = 0
     process_count: int = 1
@@ -288,9 +295,11 @@ class InputData:
     def num_classes(self) -> int:
         return 2 if self.config.target == "label" else len(splits_lib.TUMOR_TYPES)
 
-    def train(self, local_batch: int) -> grain.IterDataset:
-        return train_dataset(self.cache, self.table, self.train_rows, local_batch=local_batch,
-                             seed=self.config.seed, augment=self.config.augment, threads=self.config.decode_threads)
+    def train(self, global_batch: int) -> grain.IterDataset:
+        """This process's part of each global training batch."""
+        return train_dataset(self.cache, self.table, self.train_rows, global_batch=global_batch,
+                             seed=self.config.seed, augment=self.config.augment, process_index=self.process_index,
+                             process_count=self.process_count, threads=self.config.decode_threads)
 
     def evaluate(self, side: str, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
         rows = getattr(self.split, side)
@@ -300,32 +309,26 @@ class InputData:
 
 def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1,
          progress: bool = True) -> InputData:
-    """Opens the dataset, splits it, and decodes this process's share of it once."""
+    """Opens the dataset, splits it, and decodes the images this process needs, once."""
     source = open_source(config.data_dir, config.dataset, config.manual_dir)
     table = read_table(source)
     split = splits_lib.make_split(table, config.split, magnification=config.magnification, **config.split_kwargs)
-    classes = getattr(table, config.target)
     train = split.train
     if config.balance:
-        train = balanced_rows(train, classes, config.seed)
-    train = np.random.default_rng(config.seed).permutation(train)  # fixed partition over hosts
-    train_rows = host_shard(train, process_index, process_count)
-    needed = [train_rows] + [host_shard(getattr(split, s), process_index, process_count)
-                             for s in ("validation", "test")]
+        train = balanced_rows(train, getattr(table, config.target), config.seed)
+    # Every process holds every training image (global batches draw from all of
+    # them) and its own shard of the evaluation images.
+    needed = [train] + [host_shard(getattr(split, s), process_index, process_count) for s in ("validation", "test")]
     cache = build_cache(source, np.concatenate(needed), height=config.height, width=config.width,
                         stain_normalization=config.stain_normalization, threads=config.decode_threads,
                         progress=progress)
-    normalizer = _normalizer(config, cache, np.unique(train_rows))
-    return InputData(config=config, table=table, split=split, cache=cache, train_rows=train_rows,
+    normalizer = _normalizer(config, cache, np.unique(train))
+    return InputData(config=config, table=table, split=split, cache=cache, train_rows=train,
                      normalizer=normalizer, process_index=process_index, process_count=process_count)
 
 
 def _normalizer(config: InputConfig, cache: DecodedCache, train_rows: np.ndarray) -> aug.Normalizer:
-    """The configured normaliser; z-score statistics come from this process's training images.
-
-    With several processes each host sees a different shard, so its statistics
-    differ slightly; the trainer averages them over hosts when that matters.
-    """
+    """The configured normaliser; z-score statistics come from the training images."""
     if config.normalization != "zscore":
         return aug.make_normalizer(config.normalization)
     positions = np.searchsorted(cache.rows, train_rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -45,3 +46,30 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
 
 def _local_devices(mesh: Mesh) -> list:
     return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+
+
+def state_shardings(state: Any, mesh: Mesh, *, shard: bool = False, min_size: int = 2**16) -> Any:
+    """Replicates every leaf, or (`shard`) splits large ones on `data` to save memory.
+
+    Sharded leaves are split along their largest dimension that divides evenly over
+    the devices; XLA then gathers them where the step needs them (ZeRO-3 style).
+    """
+    devices = mesh.devices.size
+
+    def spec(leaf) -> NamedSharding:
+        shape = getattr(leaf, "shape", ())
+        if not shard or int(np.prod(shape, dtype=np.int64)) < min_size:
+            return replicated(mesh)
+        dims = [d for d in np.argsort(shape)[::-1] if shape[d] % devices == 0]
+        if not dims:
+            return replicated(mesh)
+        axes = [None] * len(shape)
+        axes[dims[0]] = DATA_AXIS
+        return NamedSharding(mesh, PartitionSpec(*axes))
+
+    return jax.tree.map(spec, state)
+
+
+def fetch(array: jax.Array) -> np.ndarray:
+    """A replicated global array as NumPy, on every process (each holds a full copy)."""
+    return np.asarray(array.addressable_data(0))

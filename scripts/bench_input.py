@@ -51,7 +51,7 @@ def baseline_pil(files: list[str], height: int, width: int) -> None:
 
 
 def cached_pass(data: ip.InputData, images: int, batch: int, augment: aug.AugmentConfig) -> None:
-    iterator = iter(ip.train_dataset(data.cache, data.table, data.train_rows, local_batch=batch, seed=0,
+    iterator = iter(ip.train_dataset(data.cache, data.table, data.train_rows, global_batch=batch, seed=0,
                                      augment=augment))
     for _ in range(max(1, images // batch)):
         next(iterator)

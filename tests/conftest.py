@@ -6,7 +6,15 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import importlib.util  # noqa: E402
+
 import pytest  # noqa: E402
+
+# torchvision segfaults (in triton's import) when TensorFlow was imported first in
+# the same process, as Keras' reference tests and TFDS's builder test do; torch
+# first is fine. Import it up front so the suite's order cannot matter.
+if importlib.util.find_spec("torchvision") is not None:
+    import torchvision  # noqa: E402, F401
 
 # Small images keep the suite fast; the builder and pipeline never assume one shape.
 SMALL_IMAGE = (70, 46)  # width x height, a tenth of BreakHis' 700x460

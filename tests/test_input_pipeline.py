@@ -36,7 +36,7 @@ def test_cache_holds_the_decoded_resized_image(data, prepared_data_dir):
 
 
 def test_train_batches_have_labels_of_their_rows(data):
-    iterator = iter(data.train(local_batch=8))
+    iterator = iter(data.train(global_batch=8))
     for _ in range(3):
         batch = next(iterator)
         assert batch["image"].shape == (8, 32, 48, 3) and batch["image"].dtype == np.uint8
@@ -47,7 +47,7 @@ def test_train_batches_have_labels_of_their_rows(data):
 
 
 def test_train_iterator_state_restores_exactly(data):
-    dataset = data.train(local_batch=4)
+    dataset = data.train(global_batch=4)
     iterator = iter(dataset)
     for _ in range(5):
         next(iterator)
@@ -59,9 +59,21 @@ def test_train_iterator_state_restores_exactly(data):
         np.testing.assert_array_equal(next(restored)["index"], want)
 
 
+def test_global_batches_do_not_depend_on_the_number_of_processes(data):
+    augment = aug.AugmentConfig(flip_horizontal=True, hed_sigma=0.05)
+    single = iter(ip.train_dataset(data.cache, data.table, data.train_rows, global_batch=6, seed=1, augment=augment))
+    parts = [iter(ip.train_dataset(data.cache, data.table, data.train_rows, global_batch=6, seed=1, augment=augment,
+                                   process_index=p, process_count=3)) for p in range(3)]
+    for _ in range(4):
+        whole = next(single)
+        pieces = [next(part) for part in parts]
+        for key in ("index", "image"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in pieces]), whole[key])
+
+
 def test_an_epoch_visits_every_training_row_once(data):
     n = len(data.train_rows)
-    iterator = iter(data.train(local_batch=1))
+    iterator = iter(data.train(global_batch=1))
     seen = [int(next(iterator)["index"][0]) for _ in range(n)]
     assert sorted(seen) == sorted(data.train_rows.tolist())
 
@@ -97,7 +109,7 @@ def test_augmented_training_keeps_shapes(prepared_data_dir):
         normalization="zscore", balance=True, target="tumor_type",
     )
     data = ip.load(config, progress=False)
-    batch = next(iter(data.train(local_batch=6)))
+    batch = next(iter(data.train(global_batch=6)))
     assert batch["image"].shape == (6, 32, 32, 3)
     assert data.num_classes == 8
     normalized = data.normalizer(data.cache.images)
@@ -131,8 +143,7 @@ def test_batches_on_eight_devices_without_tensorflow(prepared_data_dir):
         data = ip.load(config, progress=False)
         mesh = parallel.make_mesh()
         assert mesh.devices.size == 8
-        local = parallel.local_batch_size(16, mesh)
-        iterator = iter(data.train(local))
+        iterator = iter(data.train(16))
         for _ in range(2):
             batch = parallel.to_global(next(iterator), mesh)
             assert batch["image"].shape == (16, 16, 24, 3)

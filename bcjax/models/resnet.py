@@ -61,8 +61,11 @@ class _Layers:
         )
 
     def bn(self, features: int) -> nnx.BatchNorm:
+        # Two-pass variance, mean((x - mean)^2): the fast E[x^2] - E[x]^2 cancels
+        # catastrophically when the mean dominates, so batch statistics (and
+        # training) would depend on the summation order, i.e. on the device count.
         return nnx.BatchNorm(
-            features, momentum=BN_MOMENTUM, epsilon=self.epsilon,
+            features, momentum=BN_MOMENTUM, epsilon=self.epsilon, use_fast_variance=False,
             dtype=self.dtype, param_dtype=self.param_dtype, rngs=self.rngs,
         )
 

@@ -1,0 +1,70 @@
+"""Orbax checkpoints of the train state and the grain iterator: the latest and the best, both kept.
+
+Orbax's `max_to_keep` with a `best_fn` keeps only the best checkpoints and may
+delete the newest, which breaks resuming. One preservation policy keeps the
+latest `keep` checkpoints AND the best one instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class Checkpoints:
+    """Saves and restores `{state, iterator}` under `<workdir>/checkpoints`."""
+
+    def __init__(self, directory: str | epath.Path, *, keep: int = 2, best_metric: str | None = None,
+                 best_mode: str = "max"):
+        self.best_metric = best_metric
+        keep_policies: list = [policies.LatestN(n=keep)]
+        options = dict(create=True, enable_async_checkpointing=False)
+        if best_metric:
+            reverse = best_mode == "min"
+            keep_policies.append(policies.BestN(get_metric_fn=self._metric, reverse=reverse, n=1,
+                                                keep_checkpoints_without_metrics=False))
+            options.update(best_fn=self._metric, best_mode=best_mode)
+        self.manager = ocp.CheckpointManager(
+            epath.Path(directory),
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=policies.AnyPreservationPolicy(keep_policies), **options),
+        )
+
+    def _metric(self, metrics: dict[str, float]) -> float:
+        value = metrics.get(self.best_metric)
+        return -math.inf if value is None or not math.isfinite(value) else float(value)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step() if self.best_metric else None
+
+    def save(self, step: int, state: Any, iterator: grain.DatasetIterator | None,
+             metrics: dict[str, float] | None = None) -> None:
+        items = {"state": ocp.args.StandardSave(state)}
+        if iterator is not None:
+            items["iterator"] = grain.checkpoint.CheckpointSave(iterator)
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_state: Any, iterator: grain.DatasetIterator | None = None) -> Any:
+        """The state saved at `step` (with the shardings of `abstract_state`); restores `iterator` in place."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if iterator is not None:
+            items["iterator"] = grain.checkpoint.CheckpointRestore(iterator)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract(state: Any) -> Any:
+    """Shape, dtype and sharding of every leaf: the restore target of `state`."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
