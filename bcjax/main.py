@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).",
@@ -51,6 +51,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
+    if not flags.FLAGS["verbosity"].present:  # orbax and TFDS log every step at INFO
+        logging.set_verbosity(logging.WARNING)
     initialize_distributed()
     from bcjax import train
 
