@@ -121,6 +121,31 @@ def load_data(config: ip.InputConfig) -> ip.InputData:
     return data
 
 
+def device_data(config: ml_collections.ConfigDict, data: ip.InputData, mesh) -> ip.DeviceData | None:
+    """The training images on the devices when `config.data.device_resident` says so; None for the host path.
+
+    'auto' puts them there when every process's devices have room (`ip.fits_on_device`).
+    """
+    setting = config.data.device_resident
+    if setting not in ("auto", True, False):
+        raise ValueError(f"config.data.device_resident must be 'auto', True or False, got {setting!r}")
+    images = len(np.unique(data.train_rows))
+    per_device = -(-images // mesh.devices.size) * data.cache.images[0].nbytes
+    if setting == "auto":
+        setting = _on_every_process(ip.fits_on_device(per_device, mesh.local_devices))
+    if not setting:
+        return None
+    _print(f"Training images on the devices: {images} images, {per_device / 2**20:.1f} MiB per device")
+    return data.on_devices(config.batch_size, mesh)
+
+
+def _on_every_process(flag: bool) -> bool:
+    """`flag` if every process says so: they must all choose the same path."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.process_allgather(np.asarray(flag)).all())
+
+
 def initial_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[Any, dict]:
     """Splits the model into a static graph and a pytree state the steps carry."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -135,21 +160,25 @@ def initial_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[
 class Steps:
     """The jitted steps of one run and the state sharding they were compiled for."""
 
-    train: Callable  # (state, batch) -> (state, metrics)
+    train: Callable  # (state, batch or the DeviceData) -> (state, metrics)
     train_frozen: Callable  # the same with the backbone's batch-norm statistics frozen
     evaluate: Callable  # (state, batch) -> per-image outputs
     state_sharding: Any
 
 
 def make_steps(graphdef, state, *, tx: optax.GradientTransformation, mesh, loss_fn: Callable,
-               normalizer: aug.Normalizer, target: str, shard_params: bool) -> Steps:
+               normalizer: aug.Normalizer, target: str, shard_params: bool,
+               device_data: ip.DeviceData | None = None) -> Steps:
     """Compiles the steps with explicit in/out shardings and donation of the old state.
 
     Batch-norm statistics are taken over the global batch: the batch is one
-    sharded array, so XLA reduces across devices (and hosts) itself.
+    sharded array, so XLA reduces across devices (and hosts) itself. With
+    `device_data`, the train steps take it in place of a batch and draw batch
+    number `state["step"]` from it themselves: no host transfer per step.
     """
     state_sharding = parallel.state_shardings(state, mesh, shard=shard_params)
     batch_sharding = parallel.batch_sharding(mesh)
+    inputs_sharding = batch_sharding if device_data is None else jax.tree.map(lambda x: x.sharding, device_data)
     replicated = parallel.replicated(mesh)
 
     def forward(params, rest, images, *, train: bool, frozen: bool = False):
@@ -160,7 +189,8 @@ def make_steps(graphdef, state, *, tx: optax.GradientTransformation, mesh, loss_
         logits = model(normalizer(images))
         return logits, nnx.state(model, nnx.Not(nnx.Param))
 
-    def train_step(state, batch, frozen: bool):
+    def train_step(state, inputs, frozen: bool):
+        batch = inputs if device_data is None else ip.device_batch(inputs, state["step"])
         labels = batch[target]
 
         def loss_of(params):
@@ -180,7 +210,7 @@ def make_steps(graphdef, state, *, tx: optax.GradientTransformation, mesh, loss_
                 "index": batch["index"], "mask": batch["mask"]}
 
     def jit_train(frozen: bool):
-        return jax.jit(functools.partial(train_step, frozen=frozen), in_shardings=(state_sharding, batch_sharding),
+        return jax.jit(functools.partial(train_step, frozen=frozen), in_shardings=(state_sharding, inputs_sharding),
                        out_shardings=(state_sharding, replicated), donate_argnums=0)
 
     evaluate = jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
@@ -323,6 +353,9 @@ def _run(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     resuming = reports.check_workdir(workdir, config)
     mesh = parallel.make_mesh()
     model, pretrained = build_model(config)
+    if pretrained is None:
+        _print("Note: model.init_from is not set, so the backbone starts from random weights; the published "
+               "recipes fine-tune ImageNet weights (README: 'Models and pretrained ImageNet weights').")
     data = load_data(input_config(config, workdir, pretrained))
     reports.write_json(workdir / "split.json", data.split.to_json_dict())
     schedule = make_schedule(config, len(data.split.train))
@@ -332,12 +365,13 @@ def _run(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     loss_fn = losses_lib.make_loss(config.loss.name, num_classes=num_outputs(config),
                                    label_smoothing=config.loss.label_smoothing,
                                    class_weights=config.loss.class_weights)
+    resident = device_data(config, data, mesh)
     steps = make_steps(graphdef, state, tx=tx, mesh=mesh, loss_fn=loss_fn, normalizer=data.normalizer,
-                       target=config.data.target, shard_params=config.shard_params)
+                       target=config.data.target, shard_params=config.shard_params, device_data=resident)
     state = jax.device_put(state, steps.state_sharding)
     checkpoints = ckpt_lib.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
                                        best_metric=config.best_metric if len(data.split.validation) else None)
-    train_iter = iter(data.train(config.batch_size))
+    train_iter = None if resident is not None else iter(data.train(config.batch_size))
     writer = reports.MetricWriter(workdir)
     latest = checkpoints.latest_step()
     if latest is not None:
@@ -347,7 +381,7 @@ def _run(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     elif resuming:
         writer.truncate_after(0)
     try:
-        finished = _loop(config, schedule, steps, state, data, train_iter, checkpoints, writer, mesh)
+        finished = _loop(config, schedule, steps, state, data, train_iter, resident, checkpoints, writer, mesh)
     finally:
         writer.close()
     if not finished:
@@ -362,9 +396,13 @@ def _run(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     return _final_evaluation(config, workdir, steps, state, data, mesh, writer)
 
 
-def _loop(config, schedule: Schedule, steps: Steps, state, data: ip.InputData, train_iter: Iterator,
-          checkpoints: ckpt_lib.Checkpoints, writer: reports.MetricWriter, mesh):
-    """Runs the steps; returns the final state, or None when stopped by SIGTERM (after saving)."""
+def _loop(config, schedule: Schedule, steps: Steps, state, data: ip.InputData, train_iter: Iterator | None,
+          resident: ip.DeviceData | None, checkpoints: ckpt_lib.Checkpoints, writer: reports.MetricWriter, mesh):
+    """Runs the steps; returns the final state, or None when stopped by SIGTERM (after saving).
+
+    The host path feeds batches from `train_iter`; the device path passes `resident`
+    to every step, and its data position is the state's step (no iterator to save).
+    """
     step = int(jax.device_get(state["step"]))
     freeze = config.optimizer.freeze_backbone_steps
     pending: list[tuple[int, dict]] = []
@@ -372,8 +410,8 @@ def _loop(config, schedule: Schedule, steps: Steps, state, data: ip.InputData, t
     stop = _Stop()
     try:
         while step < schedule.total_steps:
-            batch = parallel.to_global(next(train_iter), mesh)
-            state, metrics = (steps.train_frozen if step < freeze else steps.train)(state, batch)
+            inputs = resident if resident is not None else parallel.to_global(next(train_iter), mesh)
+            state, metrics = (steps.train_frozen if step < freeze else steps.train)(state, inputs)
             step += 1
             pending.append((step, metrics))
             evaluate = schedule.due(step, schedule.eval_every) and len(data.split.validation) > 0

@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
     data.stain_normalization = "none"  # 'macenko' (recipe D): once per image, before caching
     data.balance = False  # oversample the target's classes to equal counts (recipe B)
     data.decode_threads = 2  # threads decoding PNGs for the in-memory cache
+    # auto (on when the training images fit in device memory) | True | False: batches drawn and augmented on device
+    data.device_resident = config_dict.FieldReference("auto", field_type=object)
     aug = data.augment = ml_collections.ConfigDict()  # training-time augmentation (bcjax.augment.AugmentConfig)
     aug.flip_horizontal = False
     aug.flip_vertical = False
