@@ -7,6 +7,9 @@ The same command on an existing workdir resumes. Override any field with
 Multi-host: every process runs the same command, plus either
 `--distributed=auto` (SLURM, Open MPI, Kubernetes... detected by JAX) or the
 explicit `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+
+Compiled steps are kept in JAX's persistent compilation cache (`--compilation_cache_dir`),
+so a rerun or a resume does not compile them again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bcjax import runtime
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.", required=True)
@@ -25,6 +30,12 @@ _DISTRIBUTED = flags.DEFINE_enum("distributed", "off", ["off", "auto"],
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (explicit multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (explicit multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit multi-host).")
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None,
+    "JAX's persistent compilation cache; '' turns it off. Default: $JAX_COMPILATION_CACHE_DIR, else "
+    "$XDG_CACHE_HOME/bcjax/jax_compilation_cache (~/.cache when XDG_CACHE_HOME is unset).")
+_PLATFORM_XLA_FLAGS = flags.DEFINE_bool(
+    "platform_xla_flags", True, "Add bcjax's per-platform XLA flags (bcjax/runtime.py) to XLA_FLAGS.")
 
 
 def initialize_distributed() -> None:
@@ -53,6 +64,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
     if not flags.FLAGS["verbosity"].present:  # orbax and TFDS log every step at INFO
         logging.set_verbosity(logging.WARNING)
+    if _PLATFORM_XLA_FLAGS.value:
+        runtime.set_platform_xla_flags()
+    cache_dir = runtime.default_cache_dir() if _CACHE_DIR.value is None else _CACHE_DIR.value
+    try:
+        cache = runtime.enable_compilation_cache(cache_dir) if cache_dir else None
+    except OSError as error:
+        sys.exit(f"error: cannot keep the compilation cache in {cache_dir!r} ({error}); pass another "
+                 "--compilation_cache_dir, or --compilation_cache_dir='' to run without it")
     initialize_distributed()
     from bcjax import train
 
@@ -60,6 +79,8 @@ def main(argv: list[str]) -> None:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except user_errors() as error:
         sys.exit(f"error: {error}")
+    if cache and jax.process_index() == 0:
+        print(cache.summary())
 
 
 if __name__ == "__main__":

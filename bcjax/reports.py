@@ -63,7 +63,7 @@ def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict) -> boo
                 + "\nUse another --workdir, or --config.restart=True to delete that run and start over."
             )
         if is_lead():
-            for name in ("checkpoints", "eval", "metrics.jsonl", "tensorboard", "split.json"):
+            for name in ("checkpoints", "eval", "metrics.jsonl", "tensorboard", "split.json", "data_path.json"):
                 target = workdir / name
                 if target.is_dir():
                     target.rmtree()

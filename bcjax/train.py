@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from bcjax import optimizers, parallel, reports
 from bcjax.datasets import synthetic
 from bcjax.models import create_model
 
+DATA_PATH_FILE = "data_path.json"  # the device_resident choice of this workdir
 # The normaliser that matches each pretrained weight file's preprocessing mode.
 PRETRAINED_NORMALIZATION = {"torch": "imagenet", "caffe": "caffe", "tf": "tf"}
 
@@ -121,18 +123,26 @@ def load_data(config: ip.InputConfig) -> ip.InputData:
     return data
 
 
-def device_data(config: ml_collections.ConfigDict, data: ip.InputData, mesh) -> ip.DeviceData | None:
+def device_data(config: ml_collections.ConfigDict, data: ip.InputData, mesh,
+                workdir: epath.Path) -> ip.DeviceData | None:
     """The training images on the devices when `config.data.device_resident` says so; None for the host path.
 
-    'auto' puts them there when every process's devices have room (`ip.fits_on_device`).
+    'auto' puts them there when every process's devices have room (`ip.fits_on_device`). The
+    choice is kept in `workdir/data_path.json`, so that a resume (even on another machine) keeps
+    the same path: the two paths draw different batches, and only the host path's iterator is saved.
     """
     setting = config.data.device_resident
     if setting not in ("auto", True, False):
         raise ValueError(f"config.data.device_resident must be 'auto', True or False, got {setting!r}")
     images = len(np.unique(data.train_rows))
     per_device = -(-images // mesh.devices.size) * data.cache.images[0].nbytes
-    if setting == "auto":
+    record = workdir / DATA_PATH_FILE
+    if setting == "auto" and record.exists():
+        setting = json.loads(record.read_text())["device_resident"]
+    elif setting == "auto":
         setting = _on_every_process(ip.fits_on_device(per_device, mesh.local_devices))
+    reports.write_json(record, {"device_resident": bool(setting), "setting": config.data.device_resident,
+                                "bytes_per_device": int(per_device)})
     if not setting:
         return None
     _print(f"Training images on the devices: {images} images, {per_device / 2**20:.1f} MiB per device")
@@ -295,18 +305,24 @@ class _Stop:
 
 
 class _Throughput:
-    """images/s and ETA between log lines."""
+    """images/s, ETA and the share of wall time spent fetching host batches, between log lines.
+
+    Steps are dispatched asynchronously, so the devices only idle while the host is late with
+    a batch: the input share is an upper bound of the time the devices waited for input.
+    """
 
     def __init__(self, step: int, batch: int, total: int):
         self.batch, self.total = batch, total
-        self.step, self.time = step, time.perf_counter()
+        self.step, self.time, self.input_seconds = step, time.perf_counter(), 0.0
 
-    def tick(self, step: int) -> tuple[float, float]:
+    def tick(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
-        rate = (step - self.step) * self.batch / max(now - self.time, 1e-9)
-        eta = (self.total - step) * self.batch / max(rate, 1e-9)
-        self.step, self.time = step, now
-        return rate, eta
+        elapsed = max(now - self.time, 1e-9)
+        rate = (step - self.step) * self.batch / elapsed
+        scalars = {"train/images_per_second": rate, "train/input_wait_fraction": self.input_seconds / elapsed,
+                   "eta_seconds": (self.total - step) * self.batch / max(rate, 1e-9)}
+        self.step, self.time, self.input_seconds = step, now, 0.0
+        return scalars
 
 
 def _flush(pending: list[tuple[int, dict]], checkpoints: ckpt_lib.Checkpoints) -> dict[str, float]:
@@ -365,7 +381,7 @@ def _run(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     loss_fn = losses_lib.make_loss(config.loss.name, num_classes=num_outputs(config),
                                    label_smoothing=config.loss.label_smoothing,
                                    class_weights=config.loss.class_weights)
-    resident = device_data(config, data, mesh)
+    resident = device_data(config, data, mesh, workdir)
     steps = make_steps(graphdef, state, tx=tx, mesh=mesh, loss_fn=loss_fn, normalizer=data.normalizer,
                        target=config.data.target, shard_params=config.shard_params, device_data=resident)
     state = jax.device_put(state, steps.state_sharding)
@@ -410,7 +426,9 @@ def _loop(config, schedule: Schedule, steps: Steps, state, data: ip.InputData, t
     stop = _Stop()
     try:
         while step < schedule.total_steps:
+            fetch_start = time.perf_counter()
             inputs = resident if resident is not None else parallel.to_global(next(train_iter), mesh)
+            throughput.input_seconds += time.perf_counter() - fetch_start
             state, metrics = (steps.train_frozen if step < freeze else steps.train)(state, inputs)
             step += 1
             pending.append((step, metrics))
@@ -422,9 +440,10 @@ def _loop(config, schedule: Schedule, steps: Steps, state, data: ip.InputData, t
                 continue
             scalars = _flush(pending, checkpoints)
             pending = []
-            rate, eta = throughput.tick(step)
+            timing = throughput.tick(step)
+            eta = timing.pop("eta_seconds")
             scalars.update({"train/learning_rate": optimizers.learning_rate_at(config.optimizer, schedule.total_steps, step),
-                            "train/images_per_second": rate, "epoch": step / schedule.steps_per_epoch})
+                            **timing, "epoch": step / schedule.steps_per_epoch})
             if evaluate:
                 scalars.update(quick_metrics(predict(steps, state, data, "validation", mesh=mesh,
                                                      global_batch=config.eval_batch_size), data, "validation"))
@@ -450,7 +469,8 @@ def _stop_requested(stop: _Stop, syncing: bool) -> bool:
 def _progress_line(step: int, schedule: Schedule, scalars: dict, eta: float) -> str:
     line = (f"step {step}/{schedule.total_steps} (epoch {scalars['epoch']:.2f}) "
             f"loss {scalars['train/loss']:.4f} acc {scalars['train/accuracy']:.3f} "
-            f"{scalars['train/images_per_second']:.1f} img/s ETA {_duration(eta)}")
+            f"{scalars['train/images_per_second']:.1f} img/s (input {scalars['train/input_wait_fraction']:.0%}) "
+            f"ETA {_duration(eta)}")
     if "validation/accuracy" in scalars:
         line += (f" | val loss {scalars['validation/loss']:.4f} acc {scalars['validation/accuracy']:.3f} "
                  f"bal.acc {scalars['validation/balanced_accuracy']:.3f}")

@@ -1,10 +1,15 @@
 """Shared test setup: 8 forced CPU devices, so multi-device code is exercised without GPUs."""
 
 import os
+import tempfile
 
 # Must precede the first `import jax` of the session.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# `python -m bcjax.main` in the tests' subprocesses keeps its compilation cache in a folder of
+# this session (shared by those processes), not in the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bcjax-tests-cache-")
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 import importlib.util  # noqa: E402
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
 
 import tiny_config
 from bcjax import augment as aug
@@ -73,7 +74,8 @@ def test_fits_on_device_bounds_cpu_copies():
 def _records(workdir):
     """metrics.jsonl without the timings."""
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "train/images_per_second"} for r in records]
+    timings = ("train/images_per_second", "train/input_wait_fraction")
+    return [{k: v for k, v in r.items() if k not in timings} for r in records]
 
 
 @pytest.mark.slow
@@ -93,3 +95,16 @@ def test_both_paths_train_and_resume_exactly(resident, prepared_data_dir, tmp_pa
     assert "Resumed from step 2" in capsys.readouterr().out
     assert _records(tmp_path) == records
     assert resumed["test"]["overall"] == straight["test"]["overall"]
+
+
+def test_auto_keeps_the_path_the_workdir_chose(data, prepared_data_dir, tmp_path):
+    """A resume keeps the first run's path even where 'auto' would now choose the other one."""
+    config = tiny_config.get_config(str(prepared_data_dir))
+    assert config.data.device_resident == "auto"
+    mesh = parallel.make_mesh()
+    workdir = epath.Path(tmp_path)
+    assert train.device_data(config, data, mesh, workdir) is not None  # room on the devices
+    record = workdir / train.DATA_PATH_FILE
+    assert json.loads(record.read_text())["device_resident"] is True
+    record.write_text(json.dumps({"device_resident": False}))  # as if chosen on a machine without room
+    assert train.device_data(config, data, mesh, workdir) is None

@@ -125,3 +125,24 @@ def test_models_import_nothing_else_from_bcjax():
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
             for name in names:
                 assert not name.startswith("bcjax") or name.startswith("bcjax.models"), (path.name, name)
+
+
+@pytest.mark.parametrize("size, stride", [(1, 1), (1, 2), (3, 1), (3, 2)])
+def test_cpu_pointwise_conv_matches_the_convolution(size, stride):
+    """1x1 convs are matrix products on CPUs (resnet.conv_general_dilated): same outputs and gradients."""
+    from bcjax.models import resnet
+
+    kernel = jax.random.normal(jax.random.key(0), (size, size, 8, 16))
+    x = jax.random.normal(jax.random.key(1), (2, 7, 9, 8))
+    pad = ((size // 2, size // 2),) * 2
+    dims = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def loss(conv, x, kernel):
+        return jnp.sum(jnp.sin(conv(x, kernel, (stride, stride), pad, dimension_numbers=dims)))
+
+    jaxpr = str(jax.make_jaxpr(lambda x, k: loss(resnet.conv_general_dilated, x, k))(x, kernel))
+    assert ("dot_general" in jaxpr) == (size == 1) and ("conv_general_dilated" in jaxpr) == (size != 1)
+    mine = jax.value_and_grad(lambda x, k: loss(resnet.conv_general_dilated, x, k), argnums=(0, 1))(x, kernel)
+    lax = jax.value_and_grad(lambda x, k: loss(jax.lax.conv_general_dilated, x, k), argnums=(0, 1))(x, kernel)
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(lax)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
