@@ -85,6 +85,10 @@ REQUIRES = {"bcjax": ("jax", "flax", "optax", "bcjax"), "keras": ("tensorflow", 
             "torch": ("torch", "torchvision")}
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "tensorflow", "keras", "torch", "torchvision", "numpy")
 KERAS_ARCHS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152"}
+# ResNet-50 training (forward + backward) per 224x224 image; scales with the pixel count.
+RESNET50_TRAIN_GFLOP_224 = 24.5
+# Dense bfloat16 tensor-core peaks (NVIDIA datasheets, SXM parts), for MFU.
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 # Published schedules for --time_to_result.
 RECIPE_A_STEPS = 200 * 200
 # configs/multiclass.py:patient: 5 patient folds (4/5 of the images train + validate), 20% of
@@ -539,9 +543,20 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def compute_figures(row: dict, device_kind: str) -> dict:
+    """Achieved TFLOP/s of a ResNet-50 row and, for bfloat16 on a GPU of known peak, its MFU."""
+    if row["status"] != "ok" or not row.get("images_per_s") or row["arch"] != "resnet50":
+        return {"tflops": None, "mfu": None}
+    gflop = RESNET50_TRAIN_GFLOP_224 * row["height"] * row["width"] / 224**2
+    tflops = row["images_per_s"] * gflop / 1000
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_kind), None)
+    usable = peak and row["device"] == "gpu" and row["dtype"] == "bfloat16"
+    return {"tflops": tflops, "mfu": tflops / peak if usable else None}
+
+
 def results_table(rows: list[dict]) -> str:
-    head = (f"{'recipe':<17}{'dtype':<10}{'framework':<10}{'images/s':>10}{'step s':>9}{'cpu s':>8}{'first s':>9}"
-            f"{'compile s':>11}{'init s':>8}{'RSS MB':>9}{'dev MB':>9}  device, note")
+    head = (f"{'recipe':<17}{'dtype':<10}{'framework':<10}{'images/s':>10}{'TFLOP/s':>9}{'MFU':>6}{'step s':>9}"
+            f"{'cpu s':>8}{'first s':>9}{'compile s':>11}{'init s':>8}{'RSS MB':>9}{'dev MB':>9}  device, note")
     lines = [head]
     for r in rows:
         size = f"{r['recipe']} {r['height']}x{r['width']}"
@@ -549,7 +564,8 @@ def results_table(rows: list[dict]) -> str:
             lines.append(f"{size:<17}{r['dtype']:<10}{r['framework']:<10}  {r['status']}")
             continue
         lines.append(
-            f"{size:<17}{r['dtype']:<10}{r['framework']:<10}{_fmt(r['images_per_s']):>10}{_fmt(r['step_s'], '.3f'):>9}"
+            f"{size:<17}{r['dtype']:<10}{r['framework']:<10}{_fmt(r['images_per_s']):>10}"
+            f"{_fmt(r.get('tflops'), '.3f'):>9}{_fmt(r.get('mfu'), '.0%'):>6}{_fmt(r['step_s'], '.3f'):>9}"
             f"{_fmt(r['cpu_s'], '.2f'):>8}"
             f"{_fmt(r['first_step_s'], '.1f'):>9}{_fmt(r.get('compile_s'), '.1f'):>11}{_fmt(r['init_s'], '.1f'):>8}"
             f"{_fmt(r['peak_rss_mb'], '.0f'):>9}{_fmt(r['peak_device_mb'], '.0f'):>9}  {r['device']}, {r['note']}")
@@ -655,6 +671,7 @@ def run_all(specs: list[RunSpec], record: dict) -> list[tuple[dict, dict]]:
     for spec in specs:
         print(f"{spec.framework} recipe {spec.recipe} {spec.dtype} {spec.height}x{spec.width}: ", end="", flush=True)
         row = run_worker(spec, worker_env(spec.framework))
+        row.update(compute_figures(row, record["header"]["device"]["device"]))
         record["results"].append(row)
         print(row["status"] + (f", {row['images_per_s']:.2f} images/s" if row.get("images_per_s") else ""),
               flush=True)

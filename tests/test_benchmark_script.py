@@ -73,3 +73,13 @@ def test_missing_framework_is_a_row_not_a_crash(benchmark, monkeypatch):
     row = benchmark.run_worker(spec, dict(os.environ))
     assert row["status"] == "not installed (no_such_module_xyz)"
     assert "not installed" in benchmark.results_table([row])
+
+
+def test_tflops_and_mfu(benchmark):
+    row = {"status": "ok", "arch": "resnet50", "height": 224, "width": 224, "images_per_s": 4000.0,
+           "device": "gpu", "dtype": "bfloat16"}
+    figures = benchmark.compute_figures(row, "NVIDIA H100 80GB HBM3")
+    assert figures["tflops"] == pytest.approx(98.0) and figures["mfu"] == pytest.approx(98.0 / 989.4)
+    assert benchmark.compute_figures({**row, "dtype": "float32"}, "NVIDIA H100 80GB HBM3")["mfu"] is None
+    cpu = benchmark.compute_figures({**row, "device": "cpu", "height": 96, "width": 144, "images_per_s": 10.0}, "cpu")
+    assert cpu["tflops"] == pytest.approx(10 * 24.5 * 96 * 144 / 224**2 / 1000) and cpu["mfu"] is None
