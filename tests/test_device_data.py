@@ -108,3 +108,25 @@ def test_auto_keeps_the_path_the_workdir_chose(data, prepared_data_dir, tmp_path
     assert json.loads(record.read_text())["device_resident"] is True
     record.write_text(json.dumps({"device_resident": False}))  # as if chosen on a machine without room
     assert train.device_data(config, data, mesh, workdir) is None
+
+
+def test_device_path_steps_never_touch_the_host_and_donate_the_state(data, prepared_data_dir):
+    """No implicit host<->device transfer inside the training loop's steps; the old state is donated."""
+    from bcjax import losses, optimizers
+
+    config = tiny_config.get_config(str(prepared_data_dir))
+    mesh = parallel.make_mesh()
+    model, _ = train.build_model(config)
+    tx = optimizers.make_optimizer(config.optimizer, 10)
+    graphdef, state = train.initial_state(model, tx)
+    resident = data.on_devices(config.batch_size, mesh)
+    steps = train.make_steps(graphdef, state, tx=tx, mesh=mesh, loss_fn=losses.make_loss("softmax_ce", num_classes=2),
+                             normalizer=data.normalizer, target="label", shard_params=False, device_data=resident)
+    state = jax.device_put(state, steps.state_sharding)
+    state, _ = steps.train(state, resident)  # compiles outside the guard
+    with jax.transfer_guard("disallow"):
+        for _ in range(3):
+            old = state
+            state, metrics = steps.train(state, resident)
+            assert jax.tree.leaves(old["params"])[0].is_deleted()
+    assert int(jax.device_get(state["step"])) == 4 and np.isfinite(jax.device_get(metrics["loss"]))
