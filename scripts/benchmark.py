@@ -13,6 +13,8 @@ resolution:
   recipe b: batch 32 at 224 x 224 (Nishio et al.); 1 warm-up + 3 timed steps
 The first warm-up step carries the compilation; it is reported as "first step". images/s
 is batch x timed steps / their wall time (synchronised once, after the last timed step).
+TFLOP/s = images/s x 24.5 GFLOP (a ResNet-50 training step per 224x224 image) x H x W / 224^2;
+MFU = TFLOP/s / the GPU's dense bfloat16 peak, for bfloat16 rows on H100, H200 or A100.
 
   bcjax  the trainer's own step (`bcjax.train.make_steps`, Adam from
          `bcjax.optimizers`, `parallel.to_global` every step), ResNet v1.5;
