@@ -29,6 +29,8 @@ def class_names(target: str) -> tuple[str, ...]:
 
 # Fields that may change between runs of one workdir without changing the run.
 RESUMABLE_FIELDS = ("restart",)
+# The run's device_resident choice (train.device_data); a resume keeps it.
+DATA_PATH_FILE = "data_path.json"
 
 
 class WorkdirMismatchError(RuntimeError):
@@ -63,7 +65,7 @@ def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict) -> boo
                 + "\nUse another --workdir, or --config.restart=True to delete that run and start over."
             )
         if is_lead():
-            for name in ("checkpoints", "eval", "metrics.jsonl", "tensorboard", "split.json", "data_path.json"):
+            for name in ("checkpoints", "eval", "metrics.jsonl", "tensorboard", "split.json", DATA_PATH_FILE):
                 target = workdir / name
                 if target.is_dir():
                     target.rmtree()

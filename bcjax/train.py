@@ -33,7 +33,6 @@ from bcjax import optimizers, parallel, reports
 from bcjax.datasets import synthetic
 from bcjax.models import create_model
 
-DATA_PATH_FILE = "data_path.json"  # the device_resident choice of this workdir
 # The normaliser that matches each pretrained weight file's preprocessing mode.
 PRETRAINED_NORMALIZATION = {"torch": "imagenet", "caffe": "caffe", "tf": "tf"}
 
@@ -136,7 +135,7 @@ def device_data(config: ml_collections.ConfigDict, data: ip.InputData, mesh,
         raise ValueError(f"config.data.device_resident must be 'auto', True or False, got {setting!r}")
     images = len(np.unique(data.train_rows))
     per_device = -(-images // mesh.devices.size) * data.cache.images[0].nbytes
-    record = workdir / DATA_PATH_FILE
+    record = workdir / reports.DATA_PATH_FILE
     if setting == "auto" and record.exists():
         setting = json.loads(record.read_text())["device_resident"]
     elif setting == "auto":
@@ -315,14 +314,15 @@ class _Throughput:
         self.batch, self.total = batch, total
         self.step, self.time, self.input_seconds = step, time.perf_counter(), 0.0
 
-    def tick(self, step: int) -> dict[str, float]:
+    def tick(self, step: int) -> tuple[dict[str, float], float]:
+        """The scalars since the last tick, and the ETA in seconds."""
         now = time.perf_counter()
         elapsed = max(now - self.time, 1e-9)
         rate = (step - self.step) * self.batch / elapsed
-        scalars = {"train/images_per_second": rate, "train/input_wait_fraction": self.input_seconds / elapsed,
-                   "eta_seconds": (self.total - step) * self.batch / max(rate, 1e-9)}
+        scalars = {"train/images_per_second": rate, "train/input_wait_fraction": self.input_seconds / elapsed}
+        eta = (self.total - step) * self.batch / max(rate, 1e-9)
         self.step, self.time, self.input_seconds = step, now, 0.0
-        return scalars
+        return scalars, eta
 
 
 def _flush(pending: list[tuple[int, dict]], checkpoints: ckpt_lib.Checkpoints) -> dict[str, float]:
@@ -440,8 +440,7 @@ def _loop(config, schedule: Schedule, steps: Steps, state, data: ip.InputData, t
                 continue
             scalars = _flush(pending, checkpoints)
             pending = []
-            timing = throughput.tick(step)
-            eta = timing.pop("eta_seconds")
+            timing, eta = throughput.tick(step)
             scalars.update({"train/learning_rate": optimizers.learning_rate_at(config.optimizer, schedule.total_steps, step),
                             **timing, "epoch": step / schedule.steps_per_epoch})
             if evaluate:

@@ -41,8 +41,8 @@ TF `get_memory_info('GPU:0')['peak']`). Frameworks that are not installed are re
 XLA flags of the bcjax workers: the environment's XLA_FLAGS plus the trainer's per-platform
 defaults (`bcjax.runtime.PLATFORM_XLA_FLAGS`, as `python -m bcjax.main` sets them), then
 `--xla_flags`; `--no_default_xla_flags` drops the defaults. bcjax workers use JAX's persistent
-compilation cache (`--compilation_cache_dir`, default a fresh temporary folder, every program
-cached). Unless `--nocompile_cache_check`, a second bcjax worker per (recipe, dtype) then runs
+compilation cache (`--compilation_cache_dir`, default a temporary folder removed at the end,
+every program cached). Unless `--nocompile_cache_check`, a second bcjax worker per (recipe, dtype) then runs
 just the first step against the now warm cache: compile cold vs warm ("cold" is the first run on
 that folder; a reused folder may already hold the entries). The RNG programs of model init are
 cached too, so only the first bcjax row pays their compile.
@@ -57,6 +57,7 @@ and the whole step, each jitted apart; backward + update = step - forward.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -126,7 +127,7 @@ _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write every figure to th
 _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Extra XLA_FLAGS for the bcjax workers (after the defaults).")
 _NO_DEFAULT_XLA_FLAGS = flags.DEFINE_bool("no_default_xla_flags", False, "Do not set the per-platform XLA flags.")
 _CACHE_DIR = flags.DEFINE_string("compilation_cache_dir", None,
-                                 "JAX persistent compilation cache (default: a fresh temporary folder).")
+                                 "JAX persistent compilation cache (default: a temporary folder, removed at the end).")
 _CACHE_CHECK = flags.DEFINE_bool("compile_cache_check", True,
                                  "Rerun bcjax's first step on the warm cache: compile time cold vs warm.")
 _KERAS_JIT = flags.DEFINE_enum("keras_jit_compile", "auto", ["auto", "true", "false"],
@@ -215,33 +216,31 @@ def _mb(num_bytes: float | None) -> float | None:
 
 
 class _CompileEvents:
-    """Sums JAX's compile-event durations (trace, lowering, XLA compile or cache load)."""
+    """Sums JAX's compile-event durations (trace, lowering, XLA compile or cache load) and counts
+    the persistent-cache hits since the last `reset` (from the trainer's own `runtime.CacheStats`)."""
 
     KEYS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
             "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
             "/jax/core/compile/backend_compile_duration": "xla_compile_s"}
 
-    def __init__(self):
+    def __init__(self, cache):
         import jax
 
-        self.totals = dict.fromkeys(self.KEYS.values(), 0.0)
-        self.cache_hits = 0
+        self.cache = cache
+        self.reset()
         jax.monitoring.register_event_duration_secs_listener(self._duration)
-        jax.monitoring.register_event_listener(self._event)
 
     def _duration(self, event: str, seconds: float, **kwargs) -> None:
         if event in self.KEYS:
             self.totals[self.KEYS[event]] += seconds
 
-    def _event(self, event: str, **kwargs) -> None:
-        self.cache_hits += event == "/jax/compilation_cache/cache_hits"
-
     def reset(self) -> None:
-        self.totals = dict.fromkeys(self.totals, 0.0)
-        self.cache_hits = 0
+        self.totals = dict.fromkeys(self.KEYS.values(), 0.0)
+        self.hits_before = self.cache.hits if self.cache else 0
 
     def summary(self) -> dict:
-        return {**self.totals, "compile_s": sum(self.totals.values()), "cache_hits": self.cache_hits}
+        hits = self.cache.hits - self.hits_before if self.cache else 0
+        return {**self.totals, "compile_s": sum(self.totals.values()), "cache_hits": hits}
 
 
 def run_bcjax(spec: RunSpec) -> dict:
@@ -253,9 +252,8 @@ def run_bcjax(spec: RunSpec) -> dict:
     from bcjax import augment, losses, optimizers, parallel, runtime, train
     from bcjax.models import create_model
 
-    if spec.cache_dir:
-        runtime.enable_compilation_cache(spec.cache_dir, min_compile_time_secs=0)
-    events = _CompileEvents()
+    cache = runtime.enable_compilation_cache(spec.cache_dir, min_compile_time_secs=0) if spec.cache_dir else None
+    events = _CompileEvents(cache)
     start = time.perf_counter()
     model = create_model(spec.arch, "v1.5", "linear", NUM_CLASSES, dtype=jnp.dtype(spec.dtype), rngs=nnx.Rngs(0))
     tx = optimizers.make_optimizer(optimizers.default_optimizer_config(), max(spec.warmup + spec.steps, 1))
@@ -686,9 +684,15 @@ def run_all(specs: list[RunSpec], record: dict) -> list[tuple[dict, dict]]:
 
 
 def driver() -> None:
-    """Runs every worker, prints the tables and writes the record."""
+    """The benchmark, with a temporary compilation cache unless --compilation_cache_dir names one."""
     validate_flags()
-    cache_dir = _CACHE_DIR.value or tempfile.mkdtemp(prefix="bcjax-jax-cache-")
+    with contextlib.ExitStack() as stack:
+        cache_dir = _CACHE_DIR.value or stack.enter_context(tempfile.TemporaryDirectory(prefix="bcjax-jax-cache-"))
+        run_and_report(cache_dir)
+
+
+def run_and_report(cache_dir: str) -> None:
+    """Runs every worker against `cache_dir`, prints the tables and writes the record."""
     device = probe_device()
     record = {"header": header(device, xla_flags(), cache_dir), "results": []}
     print_header(record["header"])

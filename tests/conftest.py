@@ -1,6 +1,8 @@
 """Shared test setup: 8 forced CPU devices, so multi-device code is exercised without GPUs."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Must precede the first `import jax` of the session.
@@ -9,6 +11,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # `python -m bcjax.main` in the tests' subprocesses keeps its compilation cache in a folder of
 # this session (shared by those processes), not in the user's ~/.cache.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bcjax-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 import importlib.util  # noqa: E402

@@ -13,7 +13,7 @@ from etils import epath
 import tiny_config
 from bcjax import augment as aug
 from bcjax import input_pipeline as ip
-from bcjax import parallel, train
+from bcjax import parallel, reports, train
 
 batch_of = jax.jit(ip.device_batch)
 
@@ -104,7 +104,7 @@ def test_auto_keeps_the_path_the_workdir_chose(data, prepared_data_dir, tmp_path
     mesh = parallel.make_mesh()
     workdir = epath.Path(tmp_path)
     assert train.device_data(config, data, mesh, workdir) is not None  # room on the devices
-    record = workdir / train.DATA_PATH_FILE
+    record = workdir / reports.DATA_PATH_FILE
     assert json.loads(record.read_text())["device_resident"] is True
     record.write_text(json.dumps({"device_resident": False}))  # as if chosen on a machine without room
     assert train.device_data(config, data, mesh, workdir) is None

@@ -50,7 +50,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
     """`jax.lax.conv_general_dilated`, except that on CPUs a 1x1 NHWC convolution is a matrix product.
 
     XLA:CPU runs its matrix products much faster than its convolutions: on ResNet-50's 1x1
-    convolutions the weight gradient takes 3-5x less time and the forward pass about 2x less
+    convolutions the backward pass (the weight gradient above all) takes 1.6-6x less time
     (BENCHMARKS.md, "Why XLA:CPU trailed"). The product computes the same sums; only their order
     differs. Other platforms (cuDNN) and other kernels keep the convolution.
     """
