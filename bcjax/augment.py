@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
 import numpy as np
 from PIL import Image
 
@@ -147,8 +148,9 @@ class RandomAugment:
 # ----------------------------------------------------------------------------- stain normalisation
 
 
-def macenko_normalize(image: np.ndarray, intensity: float = 240.0, alpha: float = 1.0,
-                      beta: float = 0.15) -> np.ndarray:
+def macenko_normalize(
+    image: np.ndarray, intensity: float = 240.0, alpha: float = 1.0, beta: float = 0.15
+) -> np.ndarray:
     """Macenko et al. (2009) stain normalisation of a uint8 RGB image to a reference H&E.
 
     Deterministic per image, so the input pipeline runs it once, before caching.
@@ -234,11 +236,10 @@ def channel_statistics(images: np.ndarray, chunk: int = 256) -> tuple[tuple[floa
     total_sq = np.zeros(3)
     count = 0
     for start in range(0, len(images), chunk):
-        block = images[start:start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        block = images[start : start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
         total += block.sum(0)
         total_sq += np.square(block).sum(0)
         count += len(block)
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-

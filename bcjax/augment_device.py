@@ -21,8 +21,9 @@ from bcjax import augment as aug
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32/bfloat16 passes on GPUs: colours must match the host
 
 
-def sample_params_device(config: aug.AugmentConfig, key: jax.Array, batch: int, height: int,
-                         width: int) -> dict[str, jax.Array]:
+def sample_params_device(
+    config: aug.AugmentConfig, key: jax.Array, batch: int, height: int, width: int
+) -> dict[str, jax.Array]:
     """Draws the parameters of `batch` images of `height` x `width`, as arrays with a leading batch axis."""
     keys = jax.random.split(key, 8)
     uniform = lambda k, lo, hi, shape=(batch,): jax.random.uniform(k, shape, jnp.float32, lo, hi)  # noqa: E731
@@ -41,8 +42,9 @@ def sample_params_device(config: aug.AugmentConfig, key: jax.Array, batch: int, 
     }
 
 
-def _sample_crop(config: aug.AugmentConfig, key: jax.Array, batch: int, height: int,
-                 width: int) -> dict[str, jax.Array]:
+def _sample_crop(
+    config: aug.AugmentConfig, key: jax.Array, batch: int, height: int, width: int
+) -> dict[str, jax.Array]:
     """Inception-style crop boxes (y0, x0, h, w) in pixels, as `augment._sample_crop` draws them."""
     full = lambda v: jnp.full((batch,), v, jnp.float32)  # noqa: E731
     if config.crop_scale == (1.0, 1.0) and config.crop_ratio == (1.0, 1.0):
@@ -106,8 +108,16 @@ def _crop_resize(image: jax.Array, y0, x0, h, w) -> jax.Array:
     pixels = image.astype(jnp.float32)
     for axis, start, size, out in ((1, x0, w, width), (0, y0, h, height)):
         scale = out / size
-        pixels = jax.image.scale_and_translate(pixels, pixels.shape, (axis,), scale[None], (-start * scale)[None],
-                                               method="linear", antialias=True, precision=_HIGHEST)
+        pixels = jax.image.scale_and_translate(
+            pixels,
+            pixels.shape,
+            (axis,),
+            scale[None],
+            (-start * scale)[None],
+            method="linear",
+            antialias=True,
+            precision=_HIGHEST,
+        )
         pixels = jnp.clip(jnp.rint(pixels), 0, 255)
     return pixels.astype(jnp.uint8)
 

@@ -20,20 +20,23 @@ from orbax.checkpoint import checkpoint_managers as policies
 class Checkpoints:
     """Saves and restores `{state, iterator}` under `<workdir>/checkpoints`."""
 
-    def __init__(self, directory: str | epath.Path, *, keep: int = 2, best_metric: str | None = None,
-                 best_mode: str = "max"):
+    def __init__(
+        self, directory: str | epath.Path, *, keep: int = 2, best_metric: str | None = None, best_mode: str = "max"
+    ):
         self.best_metric = best_metric
         keep_policies: list = [policies.LatestN(n=keep)]
         options = dict(create=True, enable_async_checkpointing=False)
         if best_metric:
             reverse = best_mode == "min"
-            keep_policies.append(policies.BestN(get_metric_fn=self._metric, reverse=reverse, n=1,
-                                                keep_checkpoints_without_metrics=False))
+            keep_policies.append(
+                policies.BestN(get_metric_fn=self._metric, reverse=reverse, n=1, keep_checkpoints_without_metrics=False)
+            )
             options.update(best_fn=self._metric, best_mode=best_mode)
         self.manager = ocp.CheckpointManager(
             epath.Path(directory),
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=policies.AnyPreservationPolicy(keep_policies), **options),
+                preservation_policy=policies.AnyPreservationPolicy(keep_policies), **options
+            ),
         )
 
     def _metric(self, metrics: dict[str, float]) -> float:
@@ -46,8 +49,9 @@ class Checkpoints:
     def best_step(self) -> int | None:
         return self.manager.best_step() if self.best_metric else None
 
-    def save(self, step: int, state: Any, iterator: grain.DatasetIterator | None,
-             metrics: dict[str, float] | None = None) -> None:
+    def save(
+        self, step: int, state: Any, iterator: grain.DatasetIterator | None, metrics: dict[str, float] | None = None
+    ) -> None:
         items = {"state": ocp.args.StandardSave(state)}
         if iterator is not None:
             items["iterator"] = grain.checkpoint.CheckpointSave(iterator)

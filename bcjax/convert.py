@@ -43,12 +43,21 @@ FORMAT = "bcjax.pretrained/1"
 # out = (image[..., channel order] * scale - mean) / std, on uint8 RGB input; the caffe
 # mean is in BGR order, as Keras' preprocess_input applies it after flipping channels.
 PREPROCESSING = {
-    "torch": {"mode": "torch", "channel_order": "RGB", "scale": 1 / 255,
-              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-    "caffe": {"mode": "caffe", "channel_order": "BGR", "scale": 1.0,
-              "mean": [103.939, 116.779, 123.68], "std": [1.0, 1.0, 1.0]},
-    "tf": {"mode": "tf", "channel_order": "RGB", "scale": 1 / 127.5,
-           "mean": [1.0, 1.0, 1.0], "std": [1.0, 1.0, 1.0]},
+    "torch": {
+        "mode": "torch",
+        "channel_order": "RGB",
+        "scale": 1 / 255,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    },
+    "caffe": {
+        "mode": "caffe",
+        "channel_order": "BGR",
+        "scale": 1.0,
+        "mean": [103.939, 116.779, 123.68],
+        "std": [1.0, 1.0, 1.0],
+    },
+    "tf": {"mode": "tf", "channel_order": "RGB", "scale": 1 / 127.5, "mean": [1.0, 1.0, 1.0], "std": [1.0, 1.0, 1.0]},
 }
 
 # Keras ResNet (v1) expects "caffe" input, ResNetV2 "tf", torchvision and timm "torch".
@@ -73,6 +82,7 @@ class Converted:
 
 # ---------------------------------------------------------------------------------------
 # Naming: how each framework names our layers. One table serves torchvision and timm.
+
 
 def _torch_layer(path: StatePath) -> str:
     match path:
@@ -120,14 +130,22 @@ def _keras_layer(path: StatePath) -> str:
 # Our leaf -> (their leaf, permutation from their array layout to ours).
 _TORCH_LEAVES = {
     nnx.Conv: {"kernel": ("weight", (2, 3, 1, 0)), "bias": ("bias", None)},  # OIHW -> HWIO
-    nnx.BatchNorm: {"scale": ("weight", None), "bias": ("bias", None),
-                    "mean": ("running_mean", None), "var": ("running_var", None)},
+    nnx.BatchNorm: {
+        "scale": ("weight", None),
+        "bias": ("bias", None),
+        "mean": ("running_mean", None),
+        "var": ("running_var", None),
+    },
     nnx.Linear: {"kernel": ("weight", (1, 0)), "bias": ("bias", None)},
 }
 _KERAS_LEAVES = {
     nnx.Conv: {"kernel": ("kernel", None), "bias": ("bias", None)},
-    nnx.BatchNorm: {"scale": ("gamma", None), "bias": ("beta", None),
-                    "mean": ("moving_mean", None), "var": ("moving_variance", None)},
+    nnx.BatchNorm: {
+        "scale": ("gamma", None),
+        "bias": ("beta", None),
+        "mean": ("moving_mean", None),
+        "var": ("moving_variance", None),
+    },
     nnx.Linear: {"kernel": ("kernel", None), "bias": ("bias", None)},
 }
 
@@ -169,22 +187,43 @@ class _Naming:
         return f"{self.layer(path)}{self.sep}{leaf}"
 
 
-_TORCH = _Naming(_torch_layer, _TORCH_LEAVES, ".", re.compile(r"^layer(\d+)\.(\d+)\."), 1, 0, "fc",
-                 _drop_batch_counters, lambda tensors: "v1.5")
-_KERAS = _Naming(_keras_layer, _KERAS_LEAVES, "/", re.compile(r"^conv(\d+)_block(\d+)_"), 2, 1, "predictions",
-                 _fold_keras_conv_biases, _keras_layout)
+_TORCH = _Naming(
+    _torch_layer,
+    _TORCH_LEAVES,
+    ".",
+    re.compile(r"^layer(\d+)\.(\d+)\."),
+    1,
+    0,
+    "fc",
+    _drop_batch_counters,
+    lambda tensors: "v1.5",
+)
+_KERAS = _Naming(
+    _keras_layer,
+    _KERAS_LEAVES,
+    "/",
+    re.compile(r"^conv(\d+)_block(\d+)_"),
+    2,
+    1,
+    "predictions",
+    _fold_keras_conv_biases,
+    _keras_layout,
+)
 
 
 # ---------------------------------------------------------------------------------------
 # Readers: file -> {their key: float32 array}. Any failure to parse is a ConversionError.
+
 
 def _read_torch(path: Path) -> dict[str, np.ndarray]:
     import torch  # only this reader needs torch
 
     state = torch.load(path, weights_only=True, map_location="cpu")
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ConversionError(f"{path} is not a torchvision state dict (a mapping of names to tensors); "
-                              "pass the .pth file that torchvision.models downloads")
+        raise ConversionError(
+            f"{path} is not a torchvision state dict (a mapping of names to tensors); "
+            "pass the .pth file that torchvision.models downloads"
+        )
     return {k: v.detach().to(torch.float32).numpy() for k, v in state.items()}
 
 
@@ -200,8 +239,10 @@ def _read_keras(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as f:
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" not in root.attrs:
-            raise ConversionError(f"{path} is not a legacy Keras HDF5 weights file (no 'layer_names'); "
-                                  "use the published *_tf_kernels*.h5 file (Keras 3 .weights.h5 is not read)")
+            raise ConversionError(
+                f"{path} is not a legacy Keras HDF5 weights file (no 'layer_names'); "
+                "use the published *_tf_kernels*.h5 file (Keras 3 .weights.h5 is not read)"
+            )
         tensors = {}
         for layer in map(_decode, root.attrs["layer_names"]):
             group = root[layer]
@@ -239,6 +280,7 @@ def _source(name: str) -> _Source:
 # ---------------------------------------------------------------------------------------
 # Conversion.
 
+
 def _infer_arch(tensors: Mapping[str, np.ndarray], naming: _Naming) -> tuple[str | None, str]:
     """(architecture, or None when no ResNet has these blocks; what the keys show)."""
     blocks: dict[int, int] = {}
@@ -271,23 +313,30 @@ def _problems(expected: Mapping[str, tuple], found: Mapping[str, tuple]) -> list
     """Every missing, unexpected and wrongly shaped key, one line each."""
     lines = [f"missing: {k} (shape {expected[k]})" for k in expected if k not in found]
     lines += [f"unexpected: {k} (shape {found[k]})" for k in found if k not in expected]
-    lines += [f"wrong shape: {k} is {found[k]}, expected {expected[k]}"
-              for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    lines += [
+        f"wrong shape: {k} is {found[k]}, expected {expected[k]}"
+        for k in expected
+        if k in found and tuple(found[k]) != tuple(expected[k])
+    ]
     return lines
 
 
 def _select_arch(requested: str | None, found: str | None, shows: str, what: str) -> str:
     if requested and found and requested != found:
-        raise ConversionError(f"{what} holds {found} weights ({shows}), not {requested}; "
-                              f"pass --arch={found} or leave --arch out")
+        raise ConversionError(
+            f"{what} holds {found} weights ({shows}), not {requested}; pass --arch={found} or leave --arch out"
+        )
     if not (requested or found):
-        raise ConversionError(f"{what} matches no known ResNet ({shows}; known: {sorted(ARCHITECTURES)}); "
-                              "check that it is a complete ResNet file for this --source")
+        raise ConversionError(
+            f"{what} matches no known ResNet ({shows}; known: {sorted(ARCHITECTURES)}); "
+            "check that it is a complete ResNet file for this --source"
+        )
     return requested or found
 
 
-def convert_tensors(tensors: Mapping[str, np.ndarray], source: str, arch: str | None = None,
-                    *, what: str = "the weights") -> Converted:
+def convert_tensors(
+    tensors: Mapping[str, np.ndarray], source: str, arch: str | None = None, *, what: str = "the weights"
+) -> Converted:
     """Maps a framework's named arrays onto our ResNet (+ ImageNet head when present).
 
     Args:
@@ -312,21 +361,28 @@ def convert_tensors(tensors: Mapping[str, np.ndarray], source: str, arch: str | 
     if head_bias is not None and head_bias.ndim == 1:
         head = nnx.eval_shape(lambda: LinearHead(backbone.num_features, head_bias.shape[0], rngs=nnx.Rngs(0)))
         head_expected = _expected(head, naming)
-    problems = _problems({k: v[2] for k, v in (expected | head_expected).items()},
-                         {k: v.shape for k, v in tensors.items()})
+    problems = _problems(
+        {k: v[2] for k, v in (expected | head_expected).items()}, {k: v.shape for k, v in tensors.items()}
+    )
     if problems:
         raise ConversionError(
             f"{what} does not fit {arch} ({layout}) as {source} names it; {len(problems)} problem(s):\n  "
             + "\n  ".join(problems)
             + f"\nWhat to do: pass {spec.kind} for {arch}, complete and unmodified (compare its sha256 "
-            "with the published one and download it again if they differ).")
+            "with the published one and download it again if they differ)."
+        )
 
     def take(table):
-        return {path: np.ascontiguousarray(np.transpose(tensors[k], perm) if perm else tensors[k])
-                for k, (path, perm, _) in table.items()}
+        return {
+            path: np.ascontiguousarray(np.transpose(tensors[k], perm) if perm else tensors[k])
+            for k, (path, perm, _) in table.items()
+        }
 
     metadata = {
-        "format": FORMAT, "architecture": arch, "layout": layout, "source": source,
+        "format": FORMAT,
+        "architecture": arch,
+        "layout": layout,
+        "source": source,
         "bn_epsilon": BN_EPSILON[layout],
         "imagenet_classes": int(head_bias.shape[0]) if head_expected else None,
         "preprocessing": dict(PREPROCESSING[_PREPROCESSING_OF_LAYOUT[layout]]),
@@ -352,16 +408,20 @@ def convert_file(path: str | os.PathLike, source: str, arch: str | None = None) 
     sha = sha256sum(path)
     # torchvision names its downloads resnetNN-<first 8 hex digits of the sha256>.pth.
     if (m := re.fullmatch(r"resnet\d+-([0-9a-f]{8})\.pth", path.name)) and not sha.startswith(m[1]):
-        raise ConversionError(f"{path.name}: its sha256 {sha} does not start with {m[1]} as its name says; "
-                              "the file is corrupt or truncated: download it again")
+        raise ConversionError(
+            f"{path.name}: its sha256 {sha} does not start with {m[1]} as its name says; "
+            "the file is corrupt or truncated: download it again"
+        )
     try:
         tensors = spec.read(path)
     except ConversionError:
         raise
     except Exception as e:  # each library raises its own type for a damaged file
-        raise ConversionError(f"cannot read {path} as {spec.kind}: {type(e).__name__}: {e}\n"
-                              "What to do: the file is truncated, corrupt or of another format; "
-                              "check its sha256 and download it again") from e
+        raise ConversionError(
+            f"cannot read {path} as {spec.kind}: {type(e).__name__}: {e}\n"
+            "What to do: the file is truncated, corrupt or of another format; "
+            "check its sha256 and download it again"
+        ) from e
     converted = convert_tensors(tensors, source, arch, what=str(path))
     converted.metadata.update(input_file=path.name, input_sha256=sha)
     return converted
@@ -369,6 +429,7 @@ def convert_file(path: str | os.PathLike, source: str, arch: str | None = None) 
 
 # ---------------------------------------------------------------------------------------
 # Checkpoint directory: save, load.
+
 
 def _nest(flat: Mapping[StatePath, np.ndarray]) -> dict:
     """{("stages", 0, 1, "kernel"): a} -> {"stages": {"0": {"1": {"kernel": a}}}} for orbax."""
@@ -416,13 +477,16 @@ def _assign(module: nnx.Module, flat: Mapping[tuple, Any], what: str) -> None:
     already placed on devices keeps its sharding."""
     variables = {"/".join(map(str, path)): v for path, v in nnx.to_flat_state(nnx.state(module))}
     flat = {"/".join(map(str, path)): value for path, value in flat.items()}
-    problems = _problems({k: tuple(v.shape) for k, v in variables.items()},
-                         {k: tuple(np.shape(v)) for k, v in flat.items()})
+    problems = _problems(
+        {k: tuple(v.shape) for k, v in variables.items()}, {k: tuple(np.shape(v)) for k, v in flat.items()}
+    )
     if problems:
-        raise ConversionError(f"{what} does not fit the model; {len(problems)} problem(s):\n  "
-                              + "\n  ".join(problems)
-                              + "\nWhat to do: build the model with the architecture, layout and head "
-                                "the checkpoint was converted for (see its metadata.json)")
+        raise ConversionError(
+            f"{what} does not fit the model; {len(problems)} problem(s):\n  "
+            + "\n  ".join(problems)
+            + "\nWhat to do: build the model with the architecture, layout and head "
+            "the checkpoint was converted for (see its metadata.json)"
+        )
     for key, variable in variables.items():
         current = variable.get_value()
         value = np.asarray(flat[key], current.dtype)
@@ -438,7 +502,8 @@ def apply_converted(model: Classifier, converted: Converted, *, load_head: bool 
         raise ConversionError(
             f"the weights are {meta['architecture']} layout {meta['layout']} (BN eps {meta['bn_epsilon']}), "
             f"the model is {backbone.arch} layout {backbone.layout} (BN eps {backbone.bn_epsilon}); "
-            f"build it with create_model({meta['architecture']!r}, {meta['layout']!r}, ...)")
+            f"build it with create_model({meta['architecture']!r}, {meta['layout']!r}, ...)"
+        )
     _assign(backbone, converted.backbone, "the backbone weights")
     if load_head:
         if converted.head is None:
@@ -454,11 +519,14 @@ def read_converted(directory: str | os.PathLike, *, load_head: bool = False) -> 
     try:
         metadata = json.loads((directory / "metadata.json").read_text())
     except (OSError, ValueError) as e:
-        raise ConversionError(f"{directory} is not a converted checkpoint ({e}); "
-                              "make one with python -m bcjax.convert") from e
+        raise ConversionError(
+            f"{directory} is not a converted checkpoint ({e}); make one with python -m bcjax.convert"
+        ) from e
     if metadata.get("format") != FORMAT:
-        raise ConversionError(f"{directory}/metadata.json has format {metadata.get('format')!r}, "
-                              f"expected {FORMAT!r}; convert the weights again")
+        raise ConversionError(
+            f"{directory}/metadata.json has format {metadata.get('format')!r}, "
+            f"expected {FORMAT!r}; convert the weights again"
+        )
     with ocp.StandardCheckpointer() as checkpointer:
         backbone = _flatten(checkpointer.restore(directory / "backbone"))
         head = None
@@ -489,21 +557,29 @@ def preprocess(images: jax.typing.ArrayLike, preprocessing: Mapping[str, Any]) -
 
 def normalizer(preprocessing: Mapping[str, Any]) -> Normalizer:
     """The input pipeline's `Normalizer` for `metadata["preprocessing"]`."""
-    return Normalizer(name=preprocessing["mode"], mean=tuple(preprocessing["mean"]), std=tuple(preprocessing["std"]),
-                      scale=preprocessing["scale"], bgr=preprocessing["channel_order"] == "BGR")
+    return Normalizer(
+        name=preprocessing["mode"],
+        mean=tuple(preprocessing["mean"]),
+        std=tuple(preprocessing["std"]),
+        scale=preprocessing["scale"],
+        bgr=preprocessing["channel_order"] == "BGR",
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Command line.
 
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bcjax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bcjax.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--source", required=True, choices=SOURCES, help="framework that wrote --input")
     parser.add_argument("--input", required=True, type=Path, help="the weight file")
     parser.add_argument("--output", required=True, type=Path, help="new directory to create")
-    parser.add_argument("--arch", choices=list(ARCHITECTURES),
-                        help="expected architecture (default: inferred from the file)")
+    parser.add_argument(
+        "--arch", choices=list(ARCHITECTURES), help="expected architecture (default: inferred from the file)"
+    )
     return parser
 
 
@@ -521,14 +597,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = sum(v.size for path, v in converted.backbone.items() if path[-1] in ("mean", "var"))
     params = sum(v.size for v in converted.backbone.values()) - stats
     head = f"{meta['imagenet_classes']} classes, in imagenet_head/" if converted.head else "none in the file"
-    print(f"converted {meta['source']} {meta['architecture']} (layout {meta['layout']})"
-          f" from {meta['input_file']}\n"
-          f"  sha256         {meta['input_sha256']}\n"
-          f"  backbone       {len(converted.backbone)} arrays: {params:,} parameters, {stats:,} BN statistics\n"
-          f"  ImageNet head  {head}\n"
-          f"  preprocessing  {meta['preprocessing']['mode']}\n"
-          f"  written to     {output}\n"
-          f"  use it with    --config.model.init_from={output}")
+    print(
+        f"converted {meta['source']} {meta['architecture']} (layout {meta['layout']})"
+        f" from {meta['input_file']}\n"
+        f"  sha256         {meta['input_sha256']}\n"
+        f"  backbone       {len(converted.backbone)} arrays: {params:,} parameters, {stats:,} BN statistics\n"
+        f"  ImageNet head  {head}\n"
+        f"  preprocessing  {meta['preprocessing']['mode']}\n"
+        f"  written to     {output}\n"
+        f"  use it with    --config.model.init_from={output}"
+    )
     return 0
 
 

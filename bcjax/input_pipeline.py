@@ -111,7 +111,8 @@ def missing_dataset_message(data_dir: str, dataset: str) -> str:
         "    then either build it once:\n"
         f"      python -m bcjax.datasets.prepare --manual_dir=DIR_WITH_ARCHIVE --data_dir={data_dir}\n"
         "    or point the config at it: --config.data.manual_dir=DIR_WITH_ARCHIVE (built on first use).\n"
-        f"  - If it was built elsewhere, set --config.data.data_dir to that folder (the one holding {dataset.split('/')[0]}/).\n"
+        "  - If it was built elsewhere, set --config.data.data_dir to that folder\n"
+        f"    (the one holding {dataset.split('/')[0]}/).\n"
         "  - To try bcjax without BreakHis, run the demo on synthetic data:\n"
         "      python -m bcjax.main --config=configs/demo.py --workdir=/tmp/bcjax-demo"
     )
@@ -165,8 +166,16 @@ class DecodedCache:
         return self.images[position]
 
 
-def build_cache(source, rows: Sequence[int], *, height: int, width: int, stain_normalization: str = "none",
-                threads: int = 2, progress: bool = True) -> DecodedCache:
+def build_cache(
+    source,
+    rows: Sequence[int],
+    *,
+    height: int,
+    width: int,
+    stain_normalization: str = "none",
+    threads: int = 2,
+    progress: bool = True,
+) -> DecodedCache:
     """Decodes `rows` of `source` once, with `threads` decoders, showing progress."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     images = np.empty((len(rows), height, width, 3), np.uint8)
@@ -174,8 +183,13 @@ def build_cache(source, rows: Sequence[int], *, height: int, width: int, stain_n
     dataset = grain.MapDataset.source(rows).map(decode)
     options = grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=4 * max(1, threads))
     iterator = iter(dataset.to_iter_dataset(options))
-    bar = tfds.core.utils.tqdm(total=len(rows), desc=f"Decoding images at {height}x{width}", unit=" images",
-                               disable=not progress, file=sys.stderr)
+    bar = tfds.core.utils.tqdm(
+        total=len(rows),
+        desc=f"Decoding images at {height}x{width}",
+        unit=" images",
+        disable=not progress,
+        file=sys.stderr,
+    )
     with bar:
         for position, pixels in enumerate(iterator):
             images[position] = pixels
@@ -225,9 +239,18 @@ class _Lookup:
         }
 
 
-def train_dataset(cache: DecodedCache, table: splits_lib.ImageTable, rows: np.ndarray, *, global_batch: int,
-                  seed: int, augment: aug.AugmentConfig = aug.AugmentConfig(), process_index: int = 0,
-                  process_count: int = 1, threads: int = 2) -> grain.IterDataset:
+def train_dataset(
+    cache: DecodedCache,
+    table: splits_lib.ImageTable,
+    rows: np.ndarray,
+    *,
+    global_batch: int,
+    seed: int,
+    augment: aug.AugmentConfig = aug.AugmentConfig(),
+    process_index: int = 0,
+    process_count: int = 1,
+    threads: int = 2,
+) -> grain.IterDataset:
     """This process's slices of infinite shuffled, augmented global batches; checkpointable.
 
     One global sequence (shuffled per epoch, augmented per position) is cut into
@@ -248,8 +271,15 @@ def train_dataset(cache: DecodedCache, table: splits_lib.ImageTable, rows: np.nd
     return mine.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=2))
 
 
-def eval_batches(cache: DecodedCache, table: splits_lib.ImageTable, rows: np.ndarray, *, local_batch: int,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    cache: DecodedCache,
+    table: splits_lib.ImageTable,
+    rows: np.ndarray,
+    *,
+    local_batch: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """Every row exactly once over all processes; the last batches are padded and `mask`ed.
 
     All processes yield the same number of batches (collectives need that), so a
@@ -259,11 +289,11 @@ def eval_batches(cache: DecodedCache, table: splits_lib.ImageTable, rows: np.nda
     mine = host_shard(rows, process_index, process_count)
     per_process = math.ceil(len(rows) / process_count)
     for start in range(0, max(per_process, 1), local_batch):
-        chunk = mine[start:start + local_batch]
+        chunk = mine[start : start + local_batch]
         examples = [lookup(r) for r in chunk] or [_blank(cache)]
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         mask = np.zeros(local_batch, bool)
-        mask[:len(chunk)] = True
+        mask[: len(chunk)] = True
         if not len(chunk):
             batch["index"][:] = -1
         yield {**{k: _pad(v, local_batch) for k, v in batch.items()}, "mask": mask}
@@ -271,8 +301,13 @@ def eval_batches(cache: DecodedCache, table: splits_lib.ImageTable, rows: np.nda
 
 def _blank(cache: DecodedCache) -> dict[str, np.ndarray]:
     zero = np.int32(0)
-    return {"image": np.zeros(cache.images.shape[1:], np.uint8), "label": zero, "tumor_type": zero,
-            "magnification": zero, "index": np.int32(-1)}
+    return {
+        "image": np.zeros(cache.images.shape[1:], np.uint8),
+        "label": zero,
+        "tumor_type": zero,
+        "magnification": zero,
+        "index": np.int32(-1),
+    }
 
 
 def _pad(values: np.ndarray, size: int) -> np.ndarray:
@@ -304,9 +339,17 @@ class InputData:
 
     def train(self, global_batch: int) -> grain.IterDataset:
         """This process's part of each global training batch."""
-        return train_dataset(self.cache, self.table, self.train_rows, global_batch=global_batch,
-                             seed=self.config.seed, augment=self.config.augment, process_index=self.process_index,
-                             process_count=self.process_count, threads=self.config.decode_threads)
+        return train_dataset(
+            self.cache,
+            self.table,
+            self.train_rows,
+            global_batch=global_batch,
+            seed=self.config.seed,
+            augment=self.config.augment,
+            process_index=self.process_index,
+            process_count=self.process_count,
+            threads=self.config.decode_threads,
+        )
 
     def on_devices(self, global_batch: int, mesh: jax.sharding.Mesh, *, shard: bool = True) -> DeviceData:
         """The training images on `mesh`, split over its `data` axis (`shard`) or a copy on every device.
@@ -317,23 +360,37 @@ class InputData:
         rows, positions = np.unique(self.train_rows, return_inverse=True)
         padded = np.pad(rows, (0, -len(rows) % mesh.devices.size), mode="edge")
         lookup = _Lookup(self.cache, self.table)
-        examples = {"label": lookup.label[padded], "tumor_type": lookup.tumor_type[padded],
-                    "magnification": lookup.magnification[padded], "index": padded.astype(np.int32)}
+        examples = {
+            "label": lookup.label[padded],
+            "tumor_type": lookup.tumor_type[padded],
+            "magnification": lookup.magnification[padded],
+            "index": padded.astype(np.int32),
+        }
         images = self.cache.images[np.searchsorted(self.cache.rows, padded)]
         replicated = parallel.replicated(mesh)
-        return DeviceData(images=_put(images, parallel.batch_sharding(mesh) if shard else replicated),
-                          examples={k: _put(v, replicated) for k, v in examples.items()},
-                          positions=_put(positions.astype(np.int32), replicated), mesh=mesh,
-                          global_batch=global_batch, seed=self.config.seed, augment=self.config.augment)
+        return DeviceData(
+            images=_put(images, parallel.batch_sharding(mesh) if shard else replicated),
+            examples={k: _put(v, replicated) for k, v in examples.items()},
+            positions=_put(positions.astype(np.int32), replicated),
+            mesh=mesh,
+            global_batch=global_batch,
+            seed=self.config.seed,
+            augment=self.config.augment,
+        )
 
     def evaluate(self, side: str, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
         rows = getattr(self.split, side)
-        return eval_batches(self.cache, self.table, rows, local_batch=local_batch,
-                            process_index=self.process_index, process_count=self.process_count)
+        return eval_batches(
+            self.cache,
+            self.table,
+            rows,
+            local_batch=local_batch,
+            process_index=self.process_index,
+            process_count=self.process_count,
+        )
 
 
-def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1,
-         progress: bool = True) -> InputData:
+def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1, progress: bool = True) -> InputData:
     """Opens the dataset, splits it, and decodes the images this process needs, once."""
     source = open_source(config.data_dir, config.dataset, config.manual_dir)
     table = read_table(source)
@@ -344,12 +401,26 @@ def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1,
     # Every process holds every training image (global batches draw from all of
     # them) and its own shard of the evaluation images.
     needed = [train] + [host_shard(getattr(split, s), process_index, process_count) for s in ("validation", "test")]
-    cache = build_cache(source, np.concatenate(needed), height=config.height, width=config.width,
-                        stain_normalization=config.stain_normalization, threads=config.decode_threads,
-                        progress=progress)
+    cache = build_cache(
+        source,
+        np.concatenate(needed),
+        height=config.height,
+        width=config.width,
+        stain_normalization=config.stain_normalization,
+        threads=config.decode_threads,
+        progress=progress,
+    )
     normalizer = _normalizer(config, cache, np.unique(train))
-    return InputData(config=config, table=table, split=split, cache=cache, train_rows=train,
-                     normalizer=normalizer, process_index=process_index, process_count=process_count)
+    return InputData(
+        config=config,
+        table=table,
+        split=split,
+        cache=cache,
+        train_rows=train,
+        normalizer=normalizer,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
 
 def _normalizer(config: InputConfig, cache: DecodedCache, train_rows: np.ndarray) -> aug.Normalizer:
@@ -378,8 +449,11 @@ def fits_on_device(nbytes: int, devices: Sequence[jax.Device], fraction: float =
     return all(nbytes <= fraction * (s["bytes_limit"] - s.get("bytes_in_use", 0)) for s in stats)
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["images", "examples", "positions"],
-                   meta_fields=["mesh", "global_batch", "seed", "augment"])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["images", "examples", "positions"],
+    meta_fields=["mesh", "global_batch", "seed", "augment"],
+)
 @dataclasses.dataclass(frozen=True)
 class DeviceData:
     """The training images on the devices and how batches are drawn from them (`device_batch`).

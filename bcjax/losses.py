@@ -84,9 +84,7 @@ def make_loss(
 
     def loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
         if logits.shape[-1] != num_classes:
-            raise ValueError(
-                f"logits have {logits.shape[-1]} columns but config.model.num_classes={num_classes}"
-            )
+            raise ValueError(f"logits have {logits.shape[-1]} columns but config.model.num_classes={num_classes}")
         targets = optax.smooth_labels(jax.nn.one_hot(labels, label_classes), label_smoothing)
         per_example = loss_fn(logits.astype(jnp.float32), targets)
         return per_example if weights is None else per_example * weights[labels]
@@ -134,7 +132,6 @@ def _class_weights(class_weights, label_classes: int) -> jax.Array | None:
     weights = jnp.asarray(class_weights, jnp.float32)
     if weights.shape != (label_classes,):
         raise ValueError(
-            f"config.loss.class_weights needs {label_classes} weights (one per class), "
-            f"got shape {weights.shape}"
+            f"config.loss.class_weights needs {label_classes} weights (one per class), got shape {weights.shape}"
         )
     return weights

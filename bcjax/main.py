@@ -22,27 +22,33 @@ from ml_collections import config_flags
 
 from bcjax import runtime
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "An ml_collections config file (configs/*.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.", required=True)
-_DISTRIBUTED = flags.DEFINE_enum("distributed", "off", ["off", "auto"],
-                                 "'auto': jax.distributed.initialize() with cluster auto-detection.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "off", ["off", "auto"], "'auto': jax.distributed.initialize() with cluster auto-detection."
+)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (explicit multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (explicit multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit multi-host).")
 _CACHE_DIR = flags.DEFINE_string(
-    "compilation_cache_dir", None,
+    "compilation_cache_dir",
+    None,
     "JAX's persistent compilation cache; '' turns it off. Default: $JAX_COMPILATION_CACHE_DIR, else "
-    "$XDG_CACHE_HOME/bcjax/jax_compilation_cache (~/.cache when XDG_CACHE_HOME is unset).")
+    "$XDG_CACHE_HOME/bcjax/jax_compilation_cache (~/.cache when XDG_CACHE_HOME is unset).",
+)
 _PLATFORM_XLA_FLAGS = flags.DEFINE_bool(
-    "platform_xla_flags", True, "Add bcjax's per-platform XLA flags (bcjax/runtime.py) to XLA_FLAGS.")
+    "platform_xla_flags", True, "Add bcjax's per-platform XLA flags (bcjax/runtime.py) to XLA_FLAGS."
+)
 
 
 def initialize_distributed() -> None:
     """Joins the multi-host run described by the flags; a no-op for a single process."""
     if _COORDINATOR.value:
-        jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
+        )
     elif _DISTRIBUTED.value == "auto":
         jax.distributed.initialize()
 
@@ -53,8 +59,13 @@ def user_errors() -> tuple[type[Exception], ...]:
     from bcjax.convert import ConversionError
     from bcjax.datasets.breakhis import BreakHisBuildError
 
-    return (input_pipeline.DataNotFoundError, reports.WorkdirMismatchError, train.TrainingError,
-            BreakHisBuildError, ConversionError)
+    return (
+        input_pipeline.DataNotFoundError,
+        reports.WorkdirMismatchError,
+        train.TrainingError,
+        BreakHisBuildError,
+        ConversionError,
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -70,8 +81,10 @@ def main(argv: list[str]) -> None:
     try:
         cache = runtime.enable_compilation_cache(cache_dir) if cache_dir else None
     except OSError as error:
-        sys.exit(f"error: cannot keep the compilation cache in {cache_dir!r} ({error}); pass another "
-                 "--compilation_cache_dir, or --compilation_cache_dir='' to run without it")
+        sys.exit(
+            f"error: cannot keep the compilation cache in {cache_dir!r} ({error}); pass another "
+            "--compilation_cache_dir, or --compilation_cache_dir='' to run without it"
+        )
     initialize_distributed()
     from bcjax import train
 

@@ -33,8 +33,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 CONFIDENCE = 0.95
-_BOOTSTRAPPED = ("accuracy", "balanced_accuracy", "roc_auc", "patient_recognition_rate",
-                 "sensitivity", "specificity")
+_BOOTSTRAPPED = ("accuracy", "balanced_accuracy", "roc_auc", "patient_recognition_rate", "sensitivity", "specificity")
 _DPI = 120
 
 
@@ -63,8 +62,9 @@ def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: int,
-               groups: np.ndarray | None = None, num_groups: int = 1) -> np.ndarray:
+def _confusion(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int, groups: np.ndarray | None = None, num_groups: int = 1
+) -> np.ndarray:
     """Counts [num_groups, C, C] (rows true, columns predicted), one matrix per group index."""
     groups = np.zeros_like(labels) if groups is None else groups
     flat = (groups * num_classes + labels) * num_classes + predictions
@@ -95,8 +95,9 @@ def _f1(confusion: np.ndarray) -> np.ndarray:
     return _divide(2 * _true_positives(confusion), confusion.sum(-1) + confusion.sum(-2))
 
 
-def _score_histograms(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray,
-                      num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+def _score_histograms(
+    scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, num_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Positive and negative image counts [groups, T] at each of the T distinct scores, highest first."""
     thresholds, rank = np.unique(-scores, return_inverse=True)
     cell, size = groups * len(thresholds) + rank, num_groups * len(thresholds)
@@ -105,8 +106,9 @@ def _score_histograms(scores: np.ndarray, positive: np.ndarray, groups: np.ndarr
     return positives, negatives
 
 
-def _auc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray | None = None,
-         draws: np.ndarray | None = None) -> np.ndarray:
+def _auc(
+    scores: np.ndarray, positive: np.ndarray, groups: np.ndarray | None = None, draws: np.ndarray | None = None
+) -> np.ndarray:
     """Exact ROC-AUC (Mann-Whitney, ties count half) [B]; NaN without positives or negatives.
 
     `wins[p, q]` sums over positives of patient p and negatives of patient q the pairs ranked
@@ -123,14 +125,16 @@ def _auc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray | None = N
     return _divide(np.sum((draws @ wins) * draws, 1), pairs)
 
 
-def _auc_per_class(probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
-                   draws: np.ndarray | None = None) -> np.ndarray:
+def _auc_per_class(
+    probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None, draws: np.ndarray | None = None
+) -> np.ndarray:
     """One-vs-rest AUC [B, C] of every class."""
     return np.stack([_auc(probabilities[:, k], labels == k, groups, draws) for k in range(probabilities.shape[1])], -1)
 
 
-def _roc_auc(probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
-             draws: np.ndarray | None = None) -> np.ndarray:
+def _roc_auc(
+    probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None, draws: np.ndarray | None = None
+) -> np.ndarray:
     """Binary: AUC [B] of the malignant probability; multiclass: macro OvR over the defined classes."""
     if probabilities.shape[1] == 2:
         return _auc(probabilities[:, 1], labels == 1, groups, draws)
@@ -144,10 +148,16 @@ def _check(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[
     """Arrays as float [N, C] and int [N], N > 0, C = len(class_names) >= 2, labels in 0..C-1."""
     probabilities, labels = np.asarray(probabilities, float), np.asarray(labels, np.int64)
     c = len(class_names)
-    if probabilities.ndim != 2 or not len(probabilities) or probabilities.shape[1] != c or c < 2 \
-            or labels.shape != probabilities.shape[:1]:
-        raise ValueError(f"need probabilities [N > 0, {c} classes] and labels [N]; got {probabilities.shape} "
-                         f"and {labels.shape}")
+    if (
+        probabilities.ndim != 2
+        or not len(probabilities)
+        or probabilities.shape[1] != c
+        or c < 2
+        or labels.shape != probabilities.shape[:1]
+    ):
+        raise ValueError(
+            f"need probabilities [N > 0, {c} classes] and labels [N]; got {probabilities.shape} and {labels.shape}"
+        )
     if labels.min() < 0 or labels.max() >= c:
         raise ValueError(f"labels outside 0..{c - 1}")
     return probabilities, labels
@@ -166,8 +176,9 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
     """Image-level metrics of argmax predictions, with sklearn's conventions (module docstring).
 
     `per_class` holds precision, recall, F1, support and the one-vs-rest AUC of each class by
-    name; `confusion_matrix` is a list of rows (true) of counts per predicted class. Binary reports add sensitivity (recall of class 1, malignant) and specificity (recall of
-    class 0), None when that class has no images.
+    name; `confusion_matrix` is a list of rows (true) of counts per predicted class. Binary
+    reports add sensitivity (recall of class 1, malignant) and specificity (recall of class 0),
+    None when that class has no images.
     """
     probabilities, labels = _check(probabilities, labels, class_names)
     num_classes = len(class_names)
@@ -182,8 +193,11 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
     metrics |= {f"macro_{k}": float(v[present].mean()) for k, v in per_class.items()}
     metrics["roc_auc"] = _json_float(_roc_auc(probabilities, labels)[0])
     metrics["per_class"] = {
-        name: {**{k: float(v[i]) for k, v in per_class.items()}, "support": int(support[i]),
-               "roc_auc": _json_float(class_auc[i])}
+        name: {
+            **{k: float(v[i]) for k, v in per_class.items()},
+            "support": int(support[i]),
+            "roc_auc": _json_float(class_auc[i]),
+        }
         for i, name in enumerate(class_names)
     }
     metrics["confusion_matrix"] = confusion.tolist()
@@ -211,8 +225,10 @@ def patient_metrics(predictions: np.ndarray, labels: np.ndarray, patient_ids: np
     predictions, labels = np.asarray(predictions, np.int64), np.asarray(labels, np.int64)
     patient_ids = np.asarray(patient_ids).astype(str)
     if not len(labels) or not predictions.shape == labels.shape == patient_ids.shape:
-        raise ValueError(f"need N > 0 predictions, labels and patient ids; got {predictions.shape}, "
-                         f"{labels.shape} and {patient_ids.shape}")
+        raise ValueError(
+            f"need N > 0 predictions, labels and patient ids; got {predictions.shape}, "
+            f"{labels.shape} and {patient_ids.shape}"
+        )
     patients, index = np.unique(patient_ids, return_inverse=True)
     num_classes = int(max(predictions.max(), labels.max())) + 1
     confusion = _confusion(labels, predictions, num_classes, index, len(patients))
@@ -234,10 +250,12 @@ def _magnification_order(magnification: str) -> tuple[int, str]:
     return len(magnification), magnification
 
 
-def _split_metrics(probabilities: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray,
-                   class_names: Sequence[str]) -> dict[str, Any]:
-    return (classification_metrics(probabilities, labels, class_names)
-            | patient_metrics(probabilities.argmax(1), labels, patient_ids))
+def _split_metrics(
+    probabilities: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
+    return classification_metrics(probabilities, labels, class_names) | patient_metrics(
+        probabilities.argmax(1), labels, patient_ids
+    )
 
 
 def _interval(values: np.ndarray) -> list[float] | None:
@@ -249,8 +267,9 @@ def _interval(values: np.ndarray) -> list[float] | None:
     return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
 
 
-def _bootstrap(probabilities: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray, samples: int,
-               seed: int) -> dict[str, list[float] | None]:
+def _bootstrap(
+    probabilities: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray, samples: int, seed: int
+) -> dict[str, list[float] | None]:
     """Percentile intervals from resampling patients with replacement, all images of a drawn patient.
 
     A resample is a vector of draw counts per patient: its confusion matrix is the count-weighted
@@ -270,9 +289,16 @@ def _bootstrap(probabilities: np.ndarray, labels: np.ndarray, patient_ids: np.nd
     return {name: _interval(values[name]) for name in _BOOTSTRAPPED if name in values}
 
 
-def evaluation_report(probabilities: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray,
-                      magnifications: np.ndarray, class_names: Sequence[str], *, bootstrap_samples: int = 1000,
-                      seed: int = 0) -> dict[str, Any]:
+def evaluation_report(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    patient_ids: np.ndarray,
+    magnifications: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Everything about one evaluated split: overall, per magnification, and 95% patient-bootstrap CIs.
 
     Intervals resample patients, not images: images of one patient are correlated, and an image
@@ -283,8 +309,9 @@ def evaluation_report(probabilities: np.ndarray, labels: np.ndarray, patient_ids
     by_magnification = {}
     for magnification in sorted(set(magnifications.tolist()), key=_magnification_order):
         keep = magnifications == magnification
-        by_magnification[magnification] = _split_metrics(probabilities[keep], labels[keep], patient_ids[keep],
-                                                          class_names)
+        by_magnification[magnification] = _split_metrics(
+            probabilities[keep], labels[keep], patient_ids[keep], class_names
+        )
     intervals = _bootstrap(probabilities, labels, patient_ids, bootstrap_samples, seed) if bootstrap_samples else {}
     return {
         "images": len(labels),
@@ -306,8 +333,9 @@ def summarize_folds(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "folds": len(reports),
         "overall": _summarize([r["overall"] for r in reports]),
-        "by_magnification": {m: _summarize([r["by_magnification"].get(m, {}) for r in reports])
-                             for m in magnifications},
+        "by_magnification": {
+            m: _summarize([r["by_magnification"].get(m, {}) for r in reports]) for m in magnifications
+        },
     }
 
 
@@ -346,20 +374,33 @@ def format_summary(report: Mapping[str, Any], leakage_line: str) -> str:
     ]
     if "sensitivity" in overall:
         lines.append(f"{show('sensitivity', 'sensitivity')} | {show('specificity', 'specificity')}")
-    lines.append(f"{show('patient recognition rate', 'patient_recognition_rate')} | "
-                 f"patient majority vote {overall['patient_majority_vote_accuracy']:.3f}")
-    lines.append("accuracy by magnification: " + ", ".join(
-        f"{m} {r['accuracy']:.3f}" for m, r in report["by_magnification"].items()))
+    lines.append(
+        f"{show('patient recognition rate', 'patient_recognition_rate')} | "
+        f"patient majority vote {overall['patient_majority_vote_accuracy']:.3f}"
+    )
+    lines.append(
+        "accuracy by magnification: "
+        + ", ".join(f"{m} {r['accuracy']:.3f}" for m, r in report["by_magnification"].items())
+    )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- CSV
 
 
-def write_predictions_csv(path: str | os.PathLike, *, filenames: Sequence[str], patient_ids: Sequence[str],
-                          accessions: Sequence[str], magnifications: Sequence[str], tumor_types: Sequence[Any],
-                          labels: np.ndarray, predictions: np.ndarray, probabilities: np.ndarray,
-                          class_names: Sequence[str]) -> None:
+def write_predictions_csv(
+    path: str | os.PathLike,
+    *,
+    filenames: Sequence[str],
+    patient_ids: Sequence[str],
+    accessions: Sequence[str],
+    magnifications: Sequence[str],
+    tumor_types: Sequence[Any],
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+) -> None:
     """One row per image: metadata, `label`/`prediction` as class names and as `label_id`/`prediction_id`,
     then `prob_<class name>` per class (7 significant digits).
 
@@ -371,13 +412,36 @@ def write_predictions_csv(path: str | os.PathLike, *, filenames: Sequence[str], 
         raise ValueError(f"predictions CSV columns differ in length from the {n} probability rows")
     with _open(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["filename", "patient_id", "accession", "magnification", "tumor_type", "label",
-                         "label_id", "prediction", "prediction_id", *(f"prob_{name}" for name in class_names)])
+        writer.writerow(
+            [
+                "filename",
+                "patient_id",
+                "accession",
+                "magnification",
+                "tumor_type",
+                "label",
+                "label_id",
+                "prediction",
+                "prediction_id",
+                *(f"prob_{name}" for name in class_names),
+            ]
+        )
         for i in range(n):
             label, prediction = int(labels[i]), int(predictions[i])
-            writer.writerow([filenames[i], patient_ids[i], accessions[i], magnifications[i], tumor_types[i],
-                             class_names[label], label, class_names[prediction], prediction,
-                             *(f"{p:.7g}" for p in probabilities[i])])
+            writer.writerow(
+                [
+                    filenames[i],
+                    patient_ids[i],
+                    accessions[i],
+                    magnifications[i],
+                    tumor_types[i],
+                    class_names[label],
+                    label,
+                    class_names[prediction],
+                    prediction,
+                    *(f"{p:.7g}" for p in probabilities[i]),
+                ]
+            )
 
 
 # ----------------------------------------------------------------------------- plots
@@ -402,16 +466,22 @@ def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str | os.Pa
     """Loss and accuracy against step for every split with `<split>/loss` or `<split>/accuracy` keys."""
     figure = _figure(11, 4)
     panels = dict(zip(("loss", "accuracy"), figure.subplots(1, 2)))
-    splits = list(dict.fromkeys(k.split("/")[0] for r in records for k in r
-                                if "/" in k and k.split("/", 1)[1] in panels))
+    splits = list(
+        dict.fromkeys(k.split("/")[0] for r in records for k in r if "/" in k and k.split("/", 1)[1] in panels)
+    )
     for metric, axes in panels.items():
         for color, split in enumerate(splits):
-            points = [(r["step"], r[f"{split}/{metric}"]) for r in records
-                      if r.get(f"{split}/{metric}") is not None]
+            points = [(r["step"], r[f"{split}/{metric}"]) for r in records if r.get(f"{split}/{metric}") is not None]
             if points:
                 steps, values = zip(*points)
-                axes.plot(steps, values, color=f"C{color}", label=split, marker="o" if len(points) <= 50 else None,
-                          markersize=3)
+                axes.plot(
+                    steps,
+                    values,
+                    color=f"C{color}",
+                    label=split,
+                    marker="o" if len(points) <= 50 else None,
+                    markersize=3,
+                )
         axes.set(xlabel="step", ylabel=metric, title=metric)
         axes.grid(alpha=0.3)
         if axes.has_data():
@@ -419,8 +489,9 @@ def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str | os.Pa
     _save(figure, path)
 
 
-def plot_confusion_matrix(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike,
-                          title: str = "") -> None:
+def plot_confusion_matrix(
+    confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> None:
     """Counts in the cells, colours by row-normalised fraction (recall per true class)."""
     counts = np.asarray(confusion)
     fractions = np.nan_to_num(_divide(counts, counts.sum(1, keepdims=True)))
@@ -429,9 +500,15 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]], class_names: Seque
     axes = figure.subplots()
     image = axes.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(counts):
-        axes.text(j, i, f"{count}\n{fractions[i, j]:.0%}", ha="center", va="center",
-                  fontsize=10 if len(class_names) <= 4 else 8,
-                  color="white" if fractions[i, j] > 0.5 else "black")
+        axes.text(
+            j,
+            i,
+            f"{count}\n{fractions[i, j]:.0%}",
+            ha="center",
+            va="center",
+            fontsize=10 if len(class_names) <= 4 else 8,
+            color="white" if fractions[i, j] > 0.5 else "black",
+        )
     ticks = np.arange(len(class_names))
     axes.set_xticks(ticks, class_names, rotation=45, ha="right", rotation_mode="anchor")
     axes.set_yticks(ticks, class_names)
@@ -449,8 +526,11 @@ def _roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np
 
 def _macro_roc_curve(probabilities: np.ndarray, labels: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Mean TPR on a false-positive-rate grid over the classes with positives and negatives."""
-    curves = [np.interp(grid, *_roc_curve(probabilities[:, k], labels == k))
-              for k in range(probabilities.shape[1]) if 0 < np.sum(labels == k) < len(labels)]
+    curves = [
+        np.interp(grid, *_roc_curve(probabilities[:, k], labels == k))
+        for k in range(probabilities.shape[1])
+        if 0 < np.sum(labels == k) < len(labels)
+    ]
     return np.mean(curves, 0) if curves else np.full_like(grid, np.nan)
 
 
@@ -458,8 +538,13 @@ def _auc_label(name: str, auc: float, n: int) -> str:
     return f"{name} (AUC {'n/a' if math.isnan(auc) else f'{auc:.3f}'}, n={n})"
 
 
-def plot_roc(probabilities: np.ndarray, labels: np.ndarray, magnifications: np.ndarray,
-             class_names: Sequence[str], path: str | os.PathLike) -> None:
+def plot_roc(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    magnifications: np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+) -> None:
     """Binary: the malignant ROC per magnification and for all images. Multiclass: per-class
     one-vs-rest curves on all images, and the macro-average curve per magnification."""
     probabilities, labels = _check(probabilities, labels, class_names)
@@ -482,8 +567,11 @@ def plot_roc(probabilities: np.ndarray, labels: np.ndarray, magnifications: np.n
         aucs = _auc_per_class(probabilities, labels)[0]
         for k, name in enumerate(class_names):
             if 0 < np.sum(labels == k) < len(labels):
-                axes[0].plot(*_roc_curve(probabilities[:, k], labels == k), color=f"C{k}",
-                             label=_auc_label(name, aucs[k], int(np.sum(labels == k))))
+                axes[0].plot(
+                    *_roc_curve(probabilities[:, k], labels == k),
+                    color=f"C{k}",
+                    label=_auc_label(name, aucs[k], int(np.sum(labels == k))),
+                )
         axes[0].set_title("one-vs-rest per class, all images")
         axes[1].set_title("macro one-vs-rest per magnification")
     for ax in axes:

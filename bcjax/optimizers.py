@@ -139,9 +139,7 @@ def _group_of(path: tuple) -> str:
 
 def _by_group(c: SimpleNamespace, make: Callable[[str], optax.GradientTransformation]):
     """`make(group)` for each group, the backbone's held at zero while it is frozen."""
-    return optax.partition(
-        {group: _frozen_for(make(group), _frozen_steps(c, group)) for group in GROUPS}, param_labels
-    )
+    return optax.partition({group: _frozen_for(make(group), _frozen_steps(c, group)) for group in GROUPS}, param_labels)
 
 
 def _frozen_for(tx: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
@@ -174,8 +172,14 @@ def _group_optimizer(c: SimpleNamespace, total_steps: int, group: str) -> optax.
 def _optimizer_kwargs(c: SimpleNamespace) -> dict:
     momentum = c.momentum or None  # optax: None skips the momentum state
     named = {
-        "rmsprop": dict(decay=c.decay, eps=c.eps, eps_in_sqrt=c.eps_in_sqrt, momentum=momentum,
-                        nesterov=c.nesterov, centered=c.centered),
+        "rmsprop": dict(
+            decay=c.decay,
+            eps=c.eps,
+            eps_in_sqrt=c.eps_in_sqrt,
+            momentum=momentum,
+            nesterov=c.nesterov,
+            centered=c.centered,
+        ),
         "adam": dict(b1=c.b1, b2=c.b2, eps=c.eps),
         "adamw": dict(b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=_decay_mask(c)),
         "sgd": dict(momentum=momentum, nesterov=c.nesterov),
@@ -198,8 +202,7 @@ def _optax_function(name: str) -> Callable[..., optax.GradientTransformation]:
 def _decay_mask(c: SimpleNamespace) -> Callable[[Any], Any] | None:
     if c.weight_decay_mask not in WEIGHT_DECAY_MASKS:
         raise ValueError(
-            f"unknown config.optimizer.weight_decay_mask {c.weight_decay_mask!r}; "
-            f"choose one of {WEIGHT_DECAY_MASKS}"
+            f"unknown config.optimizer.weight_decay_mask {c.weight_decay_mask!r}; choose one of {WEIGHT_DECAY_MASKS}"
         )
     if c.weight_decay_mask == "all":
         return None

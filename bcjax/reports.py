@@ -148,33 +148,65 @@ class MetricWriter:
             self.tensorboard.close()
 
 
-def write_evaluation(directory: epath.Path, *, table, rows: np.ndarray, probabilities: np.ndarray,
-                     labels: np.ndarray, class_names: Sequence[str], split, side: str,
-                     bootstrap_samples: int, seed: int) -> dict:
+def write_evaluation(
+    directory: epath.Path,
+    *,
+    table,
+    rows: np.ndarray,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    split,
+    side: str,
+    bootstrap_samples: int,
+    seed: int,
+) -> dict:
     """report.json, predictions.csv and the plots of one evaluated split; returns the report."""
     report = metrics_lib.evaluation_report(
-        probabilities, labels, table.patient_id[rows], table.magnification[rows], list(class_names),
-        bootstrap_samples=bootstrap_samples, seed=seed)
+        probabilities,
+        labels,
+        table.patient_id[rows],
+        table.magnification[rows],
+        list(class_names),
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+    )
     leakage = split.leakage if side == "test" else split.validation_leakage
-    report = {"split": side, "protocol": split.name, "protocol_params": dict(split.params),
-              "test_images_with_seen_accession": leakage.test_images_with_seen_accession,
-              "test_images_with_seen_patient": leakage.test_images_with_seen_patient,
-              "leakage": leakage.to_json_dict(), "leakage_summary": leakage.summary(), **report}
+    report = {
+        "split": side,
+        "protocol": split.name,
+        "protocol_params": dict(split.params),
+        "test_images_with_seen_accession": leakage.test_images_with_seen_accession,
+        "test_images_with_seen_patient": leakage.test_images_with_seen_patient,
+        "leakage": leakage.to_json_dict(),
+        "leakage_summary": leakage.summary(),
+        **report,
+    }
     if not is_lead():
         return report
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / "report.json", report)
     predictions = probabilities.argmax(-1)
     metrics_lib.write_predictions_csv(
-        directory / "predictions.csv", filenames=table.filename[rows], patient_ids=table.patient_id[rows],
-        accessions=table.accession[rows], magnifications=table.magnification[rows],
-        tumor_types=np.asarray(TUMOR_TYPE_NAMES)[table.tumor_type[rows]], labels=labels, predictions=predictions,
-        probabilities=probabilities, class_names=list(class_names))
-    metrics_lib.plot_confusion_matrix(report["overall"]["confusion_matrix"], list(class_names),
-                                      directory / "confusion_matrix.png", title=f"{side} ({split.name})")
+        directory / "predictions.csv",
+        filenames=table.filename[rows],
+        patient_ids=table.patient_id[rows],
+        accessions=table.accession[rows],
+        magnifications=table.magnification[rows],
+        tumor_types=np.asarray(TUMOR_TYPE_NAMES)[table.tumor_type[rows]],
+        labels=labels,
+        predictions=predictions,
+        probabilities=probabilities,
+        class_names=list(class_names),
+    )
+    metrics_lib.plot_confusion_matrix(
+        report["overall"]["confusion_matrix"],
+        list(class_names),
+        directory / "confusion_matrix.png",
+        title=f"{side} ({split.name})",
+    )
     metrics_lib.plot_roc(probabilities, labels, table.magnification[rows], list(class_names), directory / "roc.png")
     return report
-
 
 
 def format_folds(summary: Mapping[str, Any]) -> str:

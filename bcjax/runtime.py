@@ -67,8 +67,10 @@ class CacheStats:
     seconds_saved: float = 0.0
 
     def summary(self) -> str:
-        return (f"XLA compilation cache {self.path}: {self.hits} program(s) loaded "
-                f"(~{self.seconds_saved:.0f} s of compiling saved), {self.misses} compiled and stored")
+        return (
+            f"XLA compilation cache {self.path}: {self.hits} program(s) loaded "
+            f"(~{self.seconds_saved:.0f} s of compiling saved), {self.misses} compiled and stored"
+        )
 
 
 _stats: CacheStats | None = None

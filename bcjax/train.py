@@ -61,8 +61,12 @@ def num_outputs(config: ml_collections.ConfigDict) -> int:
 def build_model(config: ml_collections.ConfigDict) -> tuple[nnx.Module, dict | None]:
     """The configured classifier, with pretrained backbone weights when `model.init_from` is set."""
     model = create_model(
-        config.model.arch, config.model.layout, config.model.head, num_outputs(config),
-        dtype=compute_dtype(config.model.dtype), rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+        config.model.arch,
+        config.model.layout,
+        config.model.head,
+        num_outputs(config),
+        dtype=compute_dtype(config.model.dtype),
+        rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
         **config.model.head_kwargs.to_dict(),
     )
     if not config.model.init_from:
@@ -83,11 +87,21 @@ def input_config(config: ml_collections.ConfigDict, workdir: epath.Path, pretrai
     if data.synthetic.enabled:
         manual_dir, data_dir, dataset = _synthetic_source(data.synthetic, workdir)
     return ip.InputConfig(
-        data_dir=data_dir, dataset=dataset, manual_dir=manual_dir, split=data.split,
-        split_kwargs=data.split_kwargs.to_dict(), magnification=data.magnification or None,
-        height=data.height, width=data.width, target=data.target, normalization=normalization,
-        stain_normalization=data.stain_normalization, augment=aug.AugmentConfig(**_augment_kwargs(data.augment)),
-        balance=data.balance, seed=config.seed, decode_threads=data.decode_threads,
+        data_dir=data_dir,
+        dataset=dataset,
+        manual_dir=manual_dir,
+        split=data.split,
+        split_kwargs=data.split_kwargs.to_dict(),
+        magnification=data.magnification or None,
+        height=data.height,
+        width=data.width,
+        target=data.target,
+        normalization=normalization,
+        stain_normalization=data.stain_normalization,
+        augment=aug.AugmentConfig(**_augment_kwargs(data.augment)),
+        balance=data.balance,
+        seed=config.seed,
+        decode_threads=data.decode_threads,
     )
 
 
@@ -104,26 +118,32 @@ def _synthetic_source(spec: ml_collections.ConfigDict, workdir: epath.Path) -> t
     manual = root / "manual"
     if reports.is_lead() and not (manual / synthetic.TOP_DIR).exists():
         synthetic.write_breakhis_tree(
-            manual, patients=spec.patients, images_per_magnification=spec.images_per_magnification,
-            image_size=(spec.image_width, spec.image_height), seed=spec.seed, progress=True)
+            manual,
+            patients=spec.patients,
+            images_per_magnification=spec.images_per_magnification,
+            image_size=(spec.image_width, spec.image_height),
+            seed=spec.seed,
+            progress=True,
+        )
     multihost_utils.sync_global_devices("synthetic data written")
     return str(manual), str(root / "tfds"), "breakhis/custom"
 
 
 def load_data(config: ip.InputConfig) -> ip.InputData:
     """This process's share of the data; z-score statistics averaged over processes."""
-    data = ip.load(config, process_index=jax.process_index(), process_count=jax.process_count(),
-                   progress=reports.is_lead())
+    data = ip.load(
+        config, process_index=jax.process_index(), process_count=jax.process_count(), progress=reports.is_lead()
+    )
     if config.normalization == "zscore" and jax.process_count() > 1:
         stats = np.asarray([data.normalizer.mean, data.normalizer.std], np.float32)
         mean, std = multihost_utils.process_allgather(stats).mean(0)
-        data.normalizer = dataclasses.replace(data.normalizer, mean=tuple(map(float, mean)),
-                                              std=tuple(map(float, std)))
+        data.normalizer = dataclasses.replace(data.normalizer, mean=tuple(map(float, mean)), std=tuple(map(float, std)))
     return data
 
 
-def device_data(config: ml_collections.ConfigDict, data: ip.InputData, mesh,
-                workdir: epath.Path) -> ip.DeviceData | None:
+def device_data(
+    config: ml_collections.ConfigDict, data: ip.InputData, mesh, workdir: epath.Path
+) -> ip.DeviceData | None:
     """The training images on the devices when `config.data.device_resident` says so; None for the host path.
 
     'auto' puts them there when every process's devices have room (`ip.fits_on_device`). The
@@ -140,8 +160,10 @@ def device_data(config: ml_collections.ConfigDict, data: ip.InputData, mesh,
         setting = json.loads(record.read_text())["device_resident"]
     elif setting == "auto":
         setting = _on_every_process(ip.fits_on_device(per_device, mesh.local_devices))
-    reports.write_json(record, {"device_resident": bool(setting), "setting": config.data.device_resident,
-                                "bytes_per_device": int(per_device)})
+    reports.write_json(
+        record,
+        {"device_resident": bool(setting), "setting": config.data.device_resident, "bytes_per_device": int(per_device)},
+    )
     if not setting:
         return None
     _print(f"Training images on the devices: {images} images, {per_device / 2**20:.1f} MiB per device")
@@ -175,9 +197,18 @@ class Steps:
     state_sharding: Any
 
 
-def make_steps(graphdef, state, *, tx: optax.GradientTransformation, mesh, loss_fn: Callable,
-               normalizer: aug.Normalizer, target: str, shard_params: bool,
-               device_data: ip.DeviceData | None = None) -> Steps:
+def make_steps(
+    graphdef,
+    state,
+    *,
+    tx: optax.GradientTransformation,
+    mesh,
+    loss_fn: Callable,
+    normalizer: aug.Normalizer,
+    target: str,
+    shard_params: bool,
+    device_data: ip.DeviceData | None = None,
+) -> Steps:
     """Compiles the steps with explicit in/out shardings and donation of the old state.
 
     Batch-norm statistics are taken over the global batch: the batch is one
@@ -208,19 +239,31 @@ def make_steps(graphdef, state, *, tx: optax.GradientTransformation, mesh, loss_
 
         (loss, (logits, rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {"params": optax.apply_updates(state["params"], updates), "rest": rest,
-                     "opt_state": opt_state, "step": state["step"] + 1}
+        new_state = {
+            "params": optax.apply_updates(state["params"], updates),
+            "rest": rest,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
         correct = losses_lib.predictions(logits) == labels
         return new_state, {"loss": loss, "accuracy": correct.mean(), "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(state, batch):
         logits, _ = forward(state["params"], state["rest"], batch["image"], train=False)
-        return {"probabilities": losses_lib.probabilities(logits), "loss": loss_fn(logits, batch[target]),
-                "index": batch["index"], "mask": batch["mask"]}
+        return {
+            "probabilities": losses_lib.probabilities(logits),
+            "loss": loss_fn(logits, batch[target]),
+            "index": batch["index"],
+            "mask": batch["mask"],
+        }
 
     def jit_train(frozen: bool):
-        return jax.jit(functools.partial(train_step, frozen=frozen), in_shardings=(state_sharding, inputs_sharding),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+        return jax.jit(
+            functools.partial(train_step, frozen=frozen),
+            in_shardings=(state_sharding, inputs_sharding),
+            out_shardings=(state_sharding, replicated),
+            donate_argnums=0,
+        )
 
     evaluate = jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
     return Steps(jit_train(False), jit_train(True), evaluate, state_sharding)
@@ -257,8 +300,12 @@ def quick_metrics(predictions: Predictions, data: ip.InputData, side: str) -> di
     labels = getattr(data.table, data.config.target)[predictions.rows]
     names = list(reports.class_names(data.config.target))
     metrics = metrics_lib.classification_metrics(predictions.probabilities, labels, names)
-    scalars = {"loss": predictions.loss, "accuracy": metrics["accuracy"],
-               "balanced_accuracy": metrics["balanced_accuracy"], "roc_auc": metrics["roc_auc"]}
+    scalars = {
+        "loss": predictions.loss,
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "roc_auc": metrics["roc_auc"],
+    }
     return {f"{side}/{k}": (float("nan") if v is None else float(v)) for k, v in scalars.items()}
 
 
@@ -282,10 +329,13 @@ class Schedule:
 def make_schedule(config: ml_collections.ConfigDict, train_images: int) -> Schedule:
     steps_per_epoch = config.steps_per_epoch or max(1, train_images // config.batch_size)
     total = config.total_steps or steps_per_epoch * config.num_epochs
-    return Schedule(total_steps=total, steps_per_epoch=steps_per_epoch,
-                    log_every=config.log_every_steps or steps_per_epoch,
-                    eval_every=config.eval_every_steps or steps_per_epoch,
-                    checkpoint_every=config.checkpoint_every_steps or steps_per_epoch)
+    return Schedule(
+        total_steps=total,
+        steps_per_epoch=steps_per_epoch,
+        log_every=config.log_every_steps or steps_per_epoch,
+        eval_every=config.eval_every_steps or steps_per_epoch,
+        checkpoint_every=config.checkpoint_every_steps or steps_per_epoch,
+    )
 
 
 class _Stop:
@@ -336,7 +386,8 @@ def _flush(pending: list[tuple[int, dict]], checkpoints: ckpt_lib.Checkpoints) -
                 f"The training {bad} became {float(metrics['loss' if bad == 'loss' else 'grad_norm'])} "
                 f"at step {step}; training stopped. "
                 + (f"The last good checkpoint (step {kept}) is kept. " if kept is not None else "")
-                + "Lower --config.optimizer.learning_rate or set --config.optimizer.grad_clip_norm.")
+                + "Lower --config.optimizer.learning_rate or set --config.optimizer.grad_clip_norm."
+            )
     return {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
@@ -370,23 +421,40 @@ def _run(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     mesh = parallel.make_mesh()
     model, pretrained = build_model(config)
     if pretrained is None:
-        _print("Note: model.init_from is not set, so the backbone starts from random weights; the published "
-               "recipes fine-tune ImageNet weights (README: 'Models and pretrained ImageNet weights').")
+        _print(
+            "Note: model.init_from is not set, so the backbone starts from random weights; the published "
+            "recipes fine-tune ImageNet weights (README: 'Models and pretrained ImageNet weights')."
+        )
     data = load_data(input_config(config, workdir, pretrained))
     reports.write_json(workdir / "split.json", data.split.to_json_dict())
     schedule = make_schedule(config, len(data.split.train))
     tx = optimizers.make_optimizer(config.optimizer, schedule.total_steps)
     graphdef, state = initial_state(model, tx)
     del model
-    loss_fn = losses_lib.make_loss(config.loss.name, num_classes=num_outputs(config),
-                                   label_smoothing=config.loss.label_smoothing,
-                                   class_weights=config.loss.class_weights)
+    loss_fn = losses_lib.make_loss(
+        config.loss.name,
+        num_classes=num_outputs(config),
+        label_smoothing=config.loss.label_smoothing,
+        class_weights=config.loss.class_weights,
+    )
     resident = device_data(config, data, mesh, workdir)
-    steps = make_steps(graphdef, state, tx=tx, mesh=mesh, loss_fn=loss_fn, normalizer=data.normalizer,
-                       target=config.data.target, shard_params=config.shard_params, device_data=resident)
+    steps = make_steps(
+        graphdef,
+        state,
+        tx=tx,
+        mesh=mesh,
+        loss_fn=loss_fn,
+        normalizer=data.normalizer,
+        target=config.data.target,
+        shard_params=config.shard_params,
+        device_data=resident,
+    )
     state = jax.device_put(state, steps.state_sharding)
-    checkpoints = ckpt_lib.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
-                                       best_metric=config.best_metric if len(data.split.validation) else None)
+    checkpoints = ckpt_lib.Checkpoints(
+        workdir / "checkpoints",
+        keep=config.keep_checkpoints,
+        best_metric=config.best_metric if len(data.split.validation) else None,
+    )
     train_iter = None if resident is not None else iter(data.train(config.batch_size))
     writer = reports.MetricWriter(workdir)
     latest = checkpoints.latest_step()
@@ -412,8 +480,18 @@ def _run(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     return _final_evaluation(config, workdir, steps, state, data, mesh, writer)
 
 
-def _loop(config, schedule: Schedule, steps: Steps, state, data: ip.InputData, train_iter: Iterator | None,
-          resident: ip.DeviceData | None, checkpoints: ckpt_lib.Checkpoints, writer: reports.MetricWriter, mesh):
+def _loop(
+    config,
+    schedule: Schedule,
+    steps: Steps,
+    state,
+    data: ip.InputData,
+    train_iter: Iterator | None,
+    resident: ip.DeviceData | None,
+    checkpoints: ckpt_lib.Checkpoints,
+    writer: reports.MetricWriter,
+    mesh,
+):
     """Runs the steps; returns the final state, or None when stopped by SIGTERM (after saving).
 
     The host path feeds batches from `train_iter`; the device path passes `resident`
@@ -441,11 +519,21 @@ def _loop(config, schedule: Schedule, steps: Steps, state, data: ip.InputData, t
             scalars = _flush(pending, checkpoints)
             pending = []
             timing, eta = throughput.tick(step)
-            scalars.update({"train/learning_rate": optimizers.learning_rate_at(config.optimizer, schedule.total_steps, step),
-                            **timing, "epoch": step / schedule.steps_per_epoch})
+            scalars.update(
+                {
+                    "train/learning_rate": optimizers.learning_rate_at(config.optimizer, schedule.total_steps, step),
+                    **timing,
+                    "epoch": step / schedule.steps_per_epoch,
+                }
+            )
             if evaluate:
-                scalars.update(quick_metrics(predict(steps, state, data, "validation", mesh=mesh,
-                                                     global_batch=config.eval_batch_size), data, "validation"))
+                scalars.update(
+                    quick_metrics(
+                        predict(steps, state, data, "validation", mesh=mesh, global_batch=config.eval_batch_size),
+                        data,
+                        "validation",
+                    )
+                )
             writer.write(step, scalars)
             _print(_progress_line(step, schedule, scalars, eta))
             if save or stopping:
@@ -466,23 +554,30 @@ def _stop_requested(stop: _Stop, syncing: bool) -> bool:
 
 
 def _progress_line(step: int, schedule: Schedule, scalars: dict, eta: float) -> str:
-    line = (f"step {step}/{schedule.total_steps} (epoch {scalars['epoch']:.2f}) "
-            f"loss {scalars['train/loss']:.4f} acc {scalars['train/accuracy']:.3f} "
-            f"{scalars['train/images_per_second']:.1f} img/s (input {scalars['train/input_wait_fraction']:.0%}) "
-            f"ETA {_duration(eta)}")
+    line = (
+        f"step {step}/{schedule.total_steps} (epoch {scalars['epoch']:.2f}) "
+        f"loss {scalars['train/loss']:.4f} acc {scalars['train/accuracy']:.3f} "
+        f"{scalars['train/images_per_second']:.1f} img/s (input {scalars['train/input_wait_fraction']:.0%}) "
+        f"ETA {_duration(eta)}"
+    )
     if "validation/accuracy" in scalars:
-        line += (f" | val loss {scalars['validation/loss']:.4f} acc {scalars['validation/accuracy']:.3f} "
-                 f"bal.acc {scalars['validation/balanced_accuracy']:.3f}")
+        line += (
+            f" | val loss {scalars['validation/loss']:.4f} acc {scalars['validation/accuracy']:.3f} "
+            f"bal.acc {scalars['validation/balanced_accuracy']:.3f}"
+        )
     return line
 
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
-def _final_evaluation(config, workdir: epath.Path, steps: Steps, state, data: ip.InputData, mesh,
-                      writer: reports.MetricWriter) -> dict:
+def _final_evaluation(
+    config, workdir: epath.Path, steps: Steps, state, data: ip.InputData, mesh, writer: reports.MetricWriter
+) -> dict:
     """report.json, predictions.csv and plots for every evaluated split, then the human summary."""
     names = reports.class_names(config.data.target)
     results = {}
@@ -492,18 +587,24 @@ def _final_evaluation(config, workdir: epath.Path, steps: Steps, state, data: ip
         predictions = predict(steps, state, data, side, mesh=mesh, global_batch=config.eval_batch_size)
         labels = getattr(data.table, config.data.target)[predictions.rows]
         results[side] = reports.write_evaluation(
-            workdir / "eval" / side, table=data.table, rows=predictions.rows,
-            probabilities=predictions.probabilities, labels=labels, class_names=names, split=data.split,
-            side=side, bootstrap_samples=config.evaluation.bootstrap_samples, seed=config.seed)
+            workdir / "eval" / side,
+            table=data.table,
+            rows=predictions.rows,
+            probabilities=predictions.probabilities,
+            labels=labels,
+            class_names=names,
+            split=data.split,
+            side=side,
+            bootstrap_samples=config.evaluation.bootstrap_samples,
+            seed=config.seed,
+        )
     if reports.is_lead():
         metrics_lib.plot_learning_curves(writer.records(), workdir / "learning_curves.png")
         for side, report in results.items():
-            print(f"\n{side} ({data.split.name}):\n"
-                  + metrics_lib.format_summary(report, report["leakage_summary"]))
+            print(f"\n{side} ({data.split.name}):\n" + metrics_lib.format_summary(report, report["leakage_summary"]))
     return results
 
 
 def _print(message: str) -> None:
     if reports.is_lead():
         print(message, flush=True)
-

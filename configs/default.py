@@ -31,7 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.height = 224  # working resolution: images are decoded once at this size
     data.width = 224
     data.target = "label"  # 'label' (benign/malignant) or 'tumor_type' (8 classes)
-    data.normalization = "auto"  # auto (from the pretrained weights, else imagenet) | imagenet | caffe | tf | unit | zscore
+    data.normalization = (
+        "auto"  # auto (from the pretrained weights, else imagenet) | imagenet | caffe | tf | unit | zscore
+    )
     data.stain_normalization = "none"  # 'macenko' (recipe D): once per image, before caching
     data.balance = False  # oversample the target's classes to equal counts (recipe B)
     data.decode_threads = 2  # threads decoding PNGs for the in-memory cache

@@ -41,9 +41,16 @@ _JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the figures
 
 AUGMENTATIONS = {
     "flips+rot90": {"flip_horizontal": True, "flip_vertical": True, "rotate90": True},
-    "flips+rot90+crop+colour": {"flip_horizontal": True, "flip_vertical": True, "rotate90": True,
-                                "crop_scale": (0.5, 1.0), "crop_ratio": (0.75, 1.33), "brightness": 0.1,
-                                "contrast": 0.2, "hed_sigma": 0.05},
+    "flips+rot90+crop+colour": {
+        "flip_horizontal": True,
+        "flip_vertical": True,
+        "rotate90": True,
+        "crop_scale": (0.5, 1.0),
+        "crop_ratio": (0.75, 1.33),
+        "brightness": 0.1,
+        "contrast": 0.2,
+        "hed_sigma": 0.05,
+    },
 }
 
 
@@ -55,8 +62,17 @@ def make_runner(config, data: ip.InputData, *, resident: bool) -> Callable[[int]
     graphdef, state = train.initial_state(model, tx)
     loss_fn = losses.make_loss(config.loss.name, num_classes=train.num_outputs(config))
     device_data = data.on_devices(config.batch_size, mesh) if resident else None
-    fns = train.make_steps(graphdef, state, tx=tx, mesh=mesh, loss_fn=loss_fn, normalizer=data.normalizer,
-                           target=config.data.target, shard_params=False, device_data=device_data)
+    fns = train.make_steps(
+        graphdef,
+        state,
+        tx=tx,
+        mesh=mesh,
+        loss_fn=loss_fn,
+        normalizer=data.normalizer,
+        target=config.data.target,
+        shard_params=False,
+        device_data=device_data,
+    )
     carry = {"state": jax.device_put(state, fns.state_sharding)}
     iterator = None if resident else iter(data.train(config.batch_size))
     inputs = lambda: device_data if resident else parallel.to_global(next(iterator), mesh)  # noqa: E731
@@ -71,8 +87,12 @@ def make_runner(config, data: ip.InputData, *, resident: bool) -> Callable[[int]
             carry["state"], metrics = fns.train(carry["state"], batch)
         jax.block_until_ready((carry["state"], metrics))
         seconds = time.perf_counter() - start
-        return {"steps_per_second": steps / seconds, "images_per_second": steps * config.batch_size / seconds,
-                "step_ms": 1000 * seconds / steps, "input_wait_fraction": waiting / seconds}
+        return {
+            "steps_per_second": steps / seconds,
+            "images_per_second": steps * config.batch_size / seconds,
+            "step_ms": 1000 * seconds / steps,
+            "input_wait_fraction": waiting / seconds,
+        }
 
     time_steps(2)  # compilation and warm-up
     return time_steps
@@ -107,23 +127,41 @@ def main(argv: list[str]) -> None:
     del argv
     root = _WORKDIR.value or tempfile.mkdtemp(prefix="bcjax-bench-device-")
     if not os.path.isdir(os.path.join(root, "tfds")):
-        synthetic.write_breakhis_tree(os.path.join(root, "manual"), patients=1, images_per_magnification=8,
-                                      image_size=(350, 230), seed=0, progress=False)
-        ip.prepare(data_dir=os.path.join(root, "tfds"), dataset="breakhis/custom",
-                   manual_dir=os.path.join(root, "manual"))
+        synthetic.write_breakhis_tree(
+            os.path.join(root, "manual"),
+            patients=1,
+            images_per_magnification=8,
+            image_size=(350, 230),
+            seed=0,
+            progress=False,
+        )
+        ip.prepare(
+            data_dir=os.path.join(root, "tfds"), dataset="breakhis/custom", manual_dir=os.path.join(root, "manual")
+        )
     results = {}
     for name, augment in AUGMENTATIONS.items():
         config = _config(os.path.join(root, "tfds"), augment)
         data = ip.load(train.input_config(config, None, None), progress=False)
         for path, figures in measure(config, data, steps=_STEPS.value, rounds=_ROUNDS.value).items():
             results[f"{name}/{path}"] = figures
-            print(f"{name:<26}{path:<8}{figures['steps_per_second']:>8.3f} steps/s {figures['step_ms']:>8.1f} ms"
-                  f"/step {figures['images_per_second']:>8.1f} img/s  input wait {figures['input_wait_fraction']:.1%}",
-                  flush=True)
+            print(
+                f"{name:<26}{path:<8}{figures['steps_per_second']:>8.3f} steps/s {figures['step_ms']:>8.1f} ms"
+                f"/step {figures['images_per_second']:>8.1f} img/s  input wait {figures['input_wait_fraction']:.1%}",
+                flush=True,
+            )
     if _JSON_OUT.value:
-        record = {"height": _HEIGHT.value, "width": _WIDTH.value, "batch": _BATCH.value, "steps": _STEPS.value,
-                  "rounds": _ROUNDS.value, "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
-                  "machine": platform.platform(), "jax": jax.__version__, "results": results}
+        record = {
+            "height": _HEIGHT.value,
+            "width": _WIDTH.value,
+            "batch": _BATCH.value,
+            "steps": _STEPS.value,
+            "rounds": _ROUNDS.value,
+            "devices": [str(d) for d in jax.devices()],
+            "cpu_count": os.cpu_count(),
+            "machine": platform.platform(),
+            "jax": jax.__version__,
+            "results": results,
+        }
         with open(_JSON_OUT.value, "w") as f:
             json.dump(record, f, indent=2)
 

@@ -51,8 +51,9 @@ def baseline_pil(files: list[str], height: int, width: int) -> None:
 
 
 def cached_pass(data: ip.InputData, images: int, batch: int, augment: aug.AugmentConfig) -> None:
-    iterator = iter(ip.train_dataset(data.cache, data.table, data.train_rows, global_batch=batch, seed=0,
-                                     augment=augment))
+    iterator = iter(
+        ip.train_dataset(data.cache, data.table, data.train_rows, global_batch=batch, seed=0, augment=augment)
+    )
     for _ in range(max(1, images // batch)):
         next(iterator)
 
@@ -60,13 +61,21 @@ def cached_pass(data: ip.InputData, images: int, batch: int, augment: aug.Augmen
 def main(argv: list[str]) -> None:
     del argv
     root = _WORKDIR.value or tempfile.mkdtemp(prefix="bcjax-bench-input-")
-    tree, seconds = _timed(lambda: synthetic.write_breakhis_tree(
-        os.path.join(root, "manual"), patients=_PATIENTS.value, images_per_magnification=_PER_MAG.value,
-        seed=0, progress=False, overwrite=True))
+    tree, seconds = _timed(
+        lambda: synthetic.write_breakhis_tree(
+            os.path.join(root, "manual"),
+            patients=_PATIENTS.value,
+            images_per_magnification=_PER_MAG.value,
+            seed=0,
+            progress=False,
+            overwrite=True,
+        )
+    )
     print(f"synthetic tree: {tree.num_images} images of 700x460 in {seconds:.1f}s")
     data_dir = os.path.join(root, "tfds")
-    _, seconds = _timed(lambda: ip.prepare(data_dir=data_dir, dataset="breakhis/custom",
-                                           manual_dir=os.path.join(root, "manual")))
+    _, seconds = _timed(
+        lambda: ip.prepare(data_dir=data_dir, dataset="breakhis/custom", manual_dir=os.path.join(root, "manual"))
+    )
     print(f"TFDS build: {seconds:.1f}s")
     height, width = _HEIGHT.value, _WIDTH.value
     source = ip.open_source(data_dir, "breakhis/custom")
@@ -74,8 +83,14 @@ def main(argv: list[str]) -> None:
     n = len(files)
 
     _, t_baseline = _timed(lambda: baseline_pil(files, height, width))
-    config = ip.InputConfig(data_dir=data_dir, dataset="breakhis/custom", split="recipe_a", height=height,
-                            width=width, decode_threads=_THREADS.value)
+    config = ip.InputConfig(
+        data_dir=data_dir,
+        dataset="breakhis/custom",
+        split="recipe_a",
+        height=height,
+        width=width,
+        decode_threads=_THREADS.value,
+    )
     data, t_first = _timed(lambda: ip.load(config, progress=False))
     cached_images = max(n, 20 * _BATCH.value)
     _, t_cached = _timed(lambda: cached_pass(data, cached_images, _BATCH.value, aug.AugmentConfig()))
@@ -89,15 +104,24 @@ def main(argv: list[str]) -> None:
         "cached_pass": served / t_cached,
         "cached_pass_flips_rotations": served / t_augmented,
     }
-    print(f"\nInput pipeline, {n} BreakHis-sized PNGs (700x460) -> {height}x{width}, "
-          f"{os.cpu_count()} CPU cores, {_THREADS.value} decoder threads")
+    print(
+        f"\nInput pipeline, {n} BreakHis-sized PNGs (700x460) -> {height}x{width}, "
+        f"{os.cpu_count()} CPU cores, {_THREADS.value} decoder threads"
+    )
     print(f"{'path':<32}{'images/s':>12}{'x baseline':>12}")
     for name, rate in rates.items():
         print(f"{name:<32}{rate:>12.1f}{rate / rates['baseline_pil_per_file']:>12.1f}")
     if _JSON_OUT.value:
-        record = {"images": n, "height": height, "width": width, "batch": _BATCH.value,
-                  "cpu_count": os.cpu_count(), "threads": _THREADS.value, "machine": platform.platform(),
-                  "images_per_second": rates}
+        record = {
+            "images": n,
+            "height": height,
+            "width": width,
+            "batch": _BATCH.value,
+            "cpu_count": os.cpu_count(),
+            "threads": _THREADS.value,
+            "machine": platform.platform(),
+            "images_per_second": rates,
+        }
         with open(_JSON_OUT.value, "w") as f:
             json.dump(record, f, indent=2)
 

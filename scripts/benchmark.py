@@ -84,8 +84,11 @@ LEARNING_RATE = 1e-4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Modules each framework needs; a missing one makes a "not installed" row.
-REQUIRES = {"bcjax": ("jax", "flax", "optax", "bcjax"), "keras": ("tensorflow", "keras"),
-            "torch": ("torch", "torchvision")}
+REQUIRES = {
+    "bcjax": ("jax", "flax", "optax", "bcjax"),
+    "keras": ("tensorflow", "keras"),
+    "torch": ("torch", "torchvision"),
+}
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "tensorflow", "keras", "torch", "torchvision", "numpy")
 KERAS_ARCHS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152"}
 # ResNet-50 training (forward + backward) per 224x224 image; scales with the pixel count.
@@ -114,10 +117,15 @@ RECIPES = {"a": Recipe("a", 96, 144, 32, 2, 5), "b": Recipe("b", 224, 224, 32, 1
 
 _FRAMEWORKS = flags.DEFINE_list("frameworks", list(FRAMEWORKS), "Frameworks to compare: bcjax, keras, torch.")
 _RECIPES = flags.DEFINE_list("recipes", list(RECIPES), "Recipes: a (batch 32, 96x144), b (batch 32, 224x224).")
-_DTYPES = flags.DEFINE_list("dtypes", None, "Compute dtypes: float32, bfloat16 (mixed, float32 params). Default: "
-                            "both on GPUs, float32 on CPUs (a bfloat16 step there takes minutes in Keras and torch).")
-_WARMUP = flags.DEFINE_integer("warmup", None, "Untimed steps, the compiling one included (default: a 2, b 1).",
-                               lower_bound=1)
+_DTYPES = flags.DEFINE_list(
+    "dtypes",
+    None,
+    "Compute dtypes: float32, bfloat16 (mixed, float32 params). Default: "
+    "both on GPUs, float32 on CPUs (a bfloat16 step there takes minutes in Keras and torch).",
+)
+_WARMUP = flags.DEFINE_integer(
+    "warmup", None, "Untimed steps, the compiling one included (default: a 2, b 1).", lower_bound=1
+)
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps (default: recipe a 5, recipe b 3).", lower_bound=0)
 _ARCH = flags.DEFINE_string("arch", "resnet50", "ResNet depth (resnet18/34/50/101/152); Keras has 50/101/152.")
 _HEIGHT = flags.DEFINE_integer("height", None, "Override every recipe's input height.")
@@ -126,14 +134,19 @@ _BATCH = flags.DEFINE_integer("batch", None, "Override every recipe's batch size
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write every figure to this JSON file.")
 _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Extra XLA_FLAGS for the bcjax workers (after the defaults).")
 _NO_DEFAULT_XLA_FLAGS = flags.DEFINE_bool("no_default_xla_flags", False, "Do not set the per-platform XLA flags.")
-_CACHE_DIR = flags.DEFINE_string("compilation_cache_dir", None,
-                                 "JAX persistent compilation cache (default: a temporary folder, removed at the end).")
-_CACHE_CHECK = flags.DEFINE_bool("compile_cache_check", True,
-                                 "Rerun bcjax's first step on the warm cache: compile time cold vs warm.")
-_KERAS_JIT = flags.DEFINE_enum("keras_jit_compile", "auto", ["auto", "true", "false"],
-                               "Keras `compile(jit_compile=...)`; 'auto' is Keras' default.")
-_TIME_TO_RESULT = flags.DEFINE_bool("time_to_result", False,
-                                    "Extrapolate the published recipes' training wall time.")
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None, "JAX persistent compilation cache (default: a temporary folder, removed at the end)."
+)
+_CACHE_CHECK = flags.DEFINE_bool(
+    "compile_cache_check", True, "Rerun bcjax's first step on the warm cache: compile time cold vs warm."
+)
+_KERAS_JIT = flags.DEFINE_enum(
+    "keras_jit_compile",
+    "auto",
+    ["auto", "true", "false"],
+    "Keras `compile(jit_compile=...)`; 'auto' is Keras' default.",
+)
+_TIME_TO_RESULT = flags.DEFINE_bool("time_to_result", False, "Extrapolate the published recipes' training wall time.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "bcjax: time the transfer, the forward pass and the step apart.")
 _TIMEOUT = flags.DEFINE_integer("timeout", 1800, "Seconds after which a worker is stopped and reported.")
 # Worker mode (the driver runs one subprocess per row).
@@ -161,10 +174,19 @@ class RunSpec:
     breakdown: bool = False
 
     def flags(self) -> list[str]:
-        values = [f"--framework={self.framework}", f"--recipe={self.recipe}", f"--dtype={self.dtype}",
-                  f"--arch={self.arch}", f"--height={self.height}", f"--width={self.width}",
-                  f"--batch={self.batch}", f"--warmup={self.warmup}", f"--steps={self.steps}",
-                  f"--keras_jit_compile={self.keras_jit_compile}", f"--{'' if self.breakdown else 'no'}breakdown"]
+        values = [
+            f"--framework={self.framework}",
+            f"--recipe={self.recipe}",
+            f"--dtype={self.dtype}",
+            f"--arch={self.arch}",
+            f"--height={self.height}",
+            f"--width={self.width}",
+            f"--batch={self.batch}",
+            f"--warmup={self.warmup}",
+            f"--steps={self.steps}",
+            f"--keras_jit_compile={self.keras_jit_compile}",
+            f"--{'' if self.breakdown else 'no'}breakdown",
+        ]
         return values + ([f"--compilation_cache_dir={self.cache_dir}"] if self.cache_dir else [])
 
 
@@ -178,8 +200,13 @@ def host_batch(spec: RunSpec) -> tuple[np.ndarray, np.ndarray]:
     return images, rng.integers(0, NUM_CLASSES, spec.batch, dtype=np.int32)
 
 
-def time_steps(step: Callable[[Any], Any], sync: Callable[[Any], None], carry: Any, spec: RunSpec,
-               on_first: Callable[[], None] = lambda: None) -> tuple[Any, dict]:
+def time_steps(
+    step: Callable[[Any], Any],
+    sync: Callable[[Any], None],
+    carry: Any,
+    spec: RunSpec,
+    on_first: Callable[[], None] = lambda: None,
+) -> tuple[Any, dict]:
     """Runs `warmup` steps (the first timed alone) then `steps` timed steps, synced once at the end.
 
     `cpu_s` is the process's CPU time (all threads) per timed step: steadier than wall time on a
@@ -199,8 +226,12 @@ def time_steps(step: Callable[[Any], Any], sync: Callable[[Any], None], carry: A
     sync(carry)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     step_s = total / spec.steps if spec.steps else None
-    return carry, {"first_step_s": first, "step_s": step_s, "cpu_s": cpu / spec.steps if spec.steps else None,
-                   "images_per_s": spec.batch / step_s if step_s else None}
+    return carry, {
+        "first_step_s": first,
+        "step_s": step_s,
+        "cpu_s": cpu / spec.steps if spec.steps else None,
+        "images_per_s": spec.batch / step_s if step_s else None,
+    }
 
 
 def peak_rss_mb() -> float:
@@ -219,9 +250,11 @@ class _CompileEvents:
     """Sums JAX's compile-event durations (trace, lowering, XLA compile or cache load) and counts
     the persistent-cache hits since the last `reset` (from the trainer's own `runtime.CacheStats`)."""
 
-    KEYS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
-            "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
-            "/jax/core/compile/backend_compile_duration": "xla_compile_s"}
+    KEYS = {
+        "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+        "/jax/core/compile/backend_compile_duration": "xla_compile_s",
+    }
 
     def __init__(self, cache):
         import jax
@@ -261,8 +294,9 @@ def run_bcjax(spec: RunSpec) -> dict:
     mesh = parallel.make_mesh()
     normalizer = augment.make_normalizer("imagenet")
     loss_fn = losses.make_loss("softmax_ce", num_classes=NUM_CLASSES)
-    steps = train.make_steps(graphdef, state, tx=tx, mesh=mesh, loss_fn=loss_fn, normalizer=normalizer,
-                             target="label", shard_params=False)
+    steps = train.make_steps(
+        graphdef, state, tx=tx, mesh=mesh, loss_fn=loss_fn, normalizer=normalizer, target="label", shard_params=False
+    )
     state = jax.block_until_ready(jax.device_put(state, steps.state_sharding))
     init_s = time.perf_counter() - start
     images, labels = host_batch(spec)
@@ -274,10 +308,17 @@ def run_bcjax(spec: RunSpec) -> dict:
     def step(state):
         return steps.train(state, parallel.to_global(batch, mesh))[0]
 
-    state, timing = time_steps(step, jax.block_until_ready, state, spec,
-                               on_first=lambda: compile_events.update(events.summary()))
-    result = {**timing, **compile_events, "init_s": init_s, "peak_device_mb": _jax_peak_mb(),
-              "device": jax.default_backend(), "note": f"{len(jax.devices())} device(s)"}
+    state, timing = time_steps(
+        step, jax.block_until_ready, state, spec, on_first=lambda: compile_events.update(events.summary())
+    )
+    result = {
+        **timing,
+        **compile_events,
+        "init_s": init_s,
+        "peak_device_mb": _jax_peak_mb(),
+        "device": jax.default_backend(),
+        "note": f"{len(jax.devices())} device(s)",
+    }
     if spec.breakdown:
         result["breakdown_s"] = _bcjax_breakdown(graphdef, state, batch, mesh, normalizer, loss_fn, steps, spec)
     return result
@@ -305,9 +346,12 @@ def _bcjax_breakdown(graphdef, state, batch, mesh, normalizer, loss_fn, steps, s
     forward = jax.jit(loss_of)
     device_batch = parallel.to_global(batch, mesh)
     reps = max(spec.steps, 1)
-    times = {"transfer_s": _mean_time(lambda: parallel.to_global(batch, mesh), reps),
-             "forward_s": _mean_time(lambda: forward(state["params"], state["rest"], device_batch["image"],
-                                                     device_batch["label"]), reps)}
+    times = {
+        "transfer_s": _mean_time(lambda: parallel.to_global(batch, mesh), reps),
+        "forward_s": _mean_time(
+            lambda: forward(state["params"], state["rest"], device_batch["image"], device_batch["label"]), reps
+        ),
+    }
     holder = [state]
 
     def full_step():
@@ -344,8 +388,11 @@ def run_keras(spec: RunSpec) -> dict:
     start = time.perf_counter()
     model = _keras_model(keras, spec)
     jit = {"auto": "auto", "true": True, "false": False}[spec.keras_jit_compile]
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
+    model.compile(
+        optimizer=keras.optimizers.Adam(LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit,
+    )
     init_s = time.perf_counter() - start
     images, labels = host_batch(spec)
 
@@ -355,8 +402,14 @@ def run_keras(spec: RunSpec) -> dict:
     _, timing = time_steps(step, lambda _: None, None, spec)
     gpus = tf.config.list_physical_devices("GPU")
     peak = _mb(tf.config.experimental.get_memory_info("GPU:0")["peak"]) if gpus else None
-    return {**timing, **_compile_estimate(timing), "init_s": init_s, "peak_device_mb": peak,
-            "device": "gpu" if gpus else "cpu", "note": f"jit_compile={model.jit_compile} ({spec.keras_jit_compile})"}
+    return {
+        **timing,
+        **_compile_estimate(timing),
+        "init_s": init_s,
+        "peak_device_mb": peak,
+        "device": "gpu" if gpus else "cpu",
+        "note": f"jit_compile={model.jit_compile} ({spec.keras_jit_compile})",
+    }
 
 
 def _keras_model(keras, spec: RunSpec):
@@ -408,8 +461,9 @@ def run_torch(spec: RunSpec) -> dict:
     def step(carry):
         x = host_images.to(device).float().div_(255).sub_(mean).div_(std)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)),
-                                                     host_labels.to(device))
+            loss = torch.nn.functional.cross_entropy(
+                model(x.contiguous(memory_format=torch.channels_last)), host_labels.to(device)
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -420,8 +474,14 @@ def run_torch(spec: RunSpec) -> dict:
 
     _, timing = time_steps(step, sync, None, spec)
     peak = _mb(torch.cuda.max_memory_allocated()) if device.type == "cuda" else None
-    return {**timing, **_compile_estimate(timing), "init_s": init_s, "peak_device_mb": peak,
-            "device": "gpu" if device.type == "cuda" else "cpu", "note": f"eager, {torch.get_num_threads()} threads"}
+    return {
+        **timing,
+        **_compile_estimate(timing),
+        "init_s": init_s,
+        "peak_device_mb": peak,
+        "device": "gpu" if device.type == "cuda" else "cpu",
+        "note": f"eager, {torch.get_num_threads()} threads",
+    }
 
 
 RUNNERS = {"bcjax": run_bcjax, "keras": run_keras, "torch": run_torch}
@@ -455,8 +515,10 @@ def _version(distribution: str) -> str | None:
 
 def probe_device() -> dict:
     """JAX's platform and first device, asked in a subprocess (the driver never holds a device)."""
-    code = ("import jax, json; d = jax.devices()[0]; "
-            "print(json.dumps([jax.default_backend(), d.device_kind, len(jax.devices())]))")
+    code = (
+        "import jax, json; d = jax.devices()[0]; "
+        "print(json.dumps([jax.default_backend(), d.device_kind, len(jax.devices())]))"
+    )
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     try:
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -517,20 +579,31 @@ def make_specs(cache_dir: str, dtypes: list[str]) -> list[RunSpec]:
         recipe = RECIPES[name]
         for dtype in dtypes:
             for framework in _FRAMEWORKS.value:
-                specs.append(RunSpec(
-                    framework=framework, recipe=name, dtype=dtype, arch=_ARCH.value,
-                    height=_HEIGHT.value or recipe.height, width=_WIDTH.value or recipe.width,
-                    batch=_BATCH.value or recipe.batch,
-                    warmup=_WARMUP.value if _WARMUP.value is not None else recipe.warmup,
-                    steps=_STEPS.value if _STEPS.value is not None else recipe.steps,
-                    cache_dir=cache_dir if framework == "bcjax" else None,
-                    keras_jit_compile=_KERAS_JIT.value, breakdown=_BREAKDOWN.value and framework == "bcjax"))
+                specs.append(
+                    RunSpec(
+                        framework=framework,
+                        recipe=name,
+                        dtype=dtype,
+                        arch=_ARCH.value,
+                        height=_HEIGHT.value or recipe.height,
+                        width=_WIDTH.value or recipe.width,
+                        batch=_BATCH.value or recipe.batch,
+                        warmup=_WARMUP.value if _WARMUP.value is not None else recipe.warmup,
+                        steps=_STEPS.value if _STEPS.value is not None else recipe.steps,
+                        cache_dir=cache_dir if framework == "bcjax" else None,
+                        keras_jit_compile=_KERAS_JIT.value,
+                        breakdown=_BREAKDOWN.value and framework == "bcjax",
+                    )
+                )
     return specs
 
 
 def validate_flags() -> None:
-    for values, allowed, name in ((_FRAMEWORKS.value, FRAMEWORKS, "frameworks"), (_RECIPES.value, RECIPES, "recipes"),
-                                  (_DTYPES.value or [], DTYPES, "dtypes")):
+    for values, allowed, name in (
+        (_FRAMEWORKS.value, FRAMEWORKS, "frameworks"),
+        (_RECIPES.value, RECIPES, "recipes"),
+        (_DTYPES.value or [], DTYPES, "dtypes"),
+    ):
         unknown = [v for v in values if v not in allowed]
         if unknown:
             raise app.UsageError(f"--{name}: unknown {unknown}; choose from {', '.join(allowed)}")
@@ -555,8 +628,10 @@ def compute_figures(row: dict, device_kind: str) -> dict:
 
 
 def results_table(rows: list[dict]) -> str:
-    head = (f"{'recipe':<17}{'dtype':<10}{'framework':<10}{'images/s':>10}{'TFLOP/s':>9}{'MFU':>6}{'step s':>9}"
-            f"{'cpu s':>8}{'first s':>9}{'compile s':>11}{'init s':>8}{'RSS MB':>9}{'dev MB':>9}  device, note")
+    head = (
+        f"{'recipe':<17}{'dtype':<10}{'framework':<10}{'images/s':>10}{'TFLOP/s':>9}{'MFU':>6}{'step s':>9}"
+        f"{'cpu s':>8}{'first s':>9}{'compile s':>11}{'init s':>8}{'RSS MB':>9}{'dev MB':>9}  device, note"
+    )
     lines = [head]
     for r in rows:
         size = f"{r['recipe']} {r['height']}x{r['width']}"
@@ -568,7 +643,8 @@ def results_table(rows: list[dict]) -> str:
             f"{_fmt(r.get('tflops'), '.3f'):>9}{_fmt(r.get('mfu'), '.0%'):>6}{_fmt(r['step_s'], '.3f'):>9}"
             f"{_fmt(r['cpu_s'], '.2f'):>8}"
             f"{_fmt(r['first_step_s'], '.1f'):>9}{_fmt(r.get('compile_s'), '.1f'):>11}{_fmt(r['init_s'], '.1f'):>8}"
-            f"{_fmt(r['peak_rss_mb'], '.0f'):>9}{_fmt(r['peak_device_mb'], '.0f'):>9}  {r['device']}, {r['note']}")
+            f"{_fmt(r['peak_rss_mb'], '.0f'):>9}{_fmt(r['peak_device_mb'], '.0f'):>9}  {r['device']}, {r['note']}"
+        )
     return "\n".join(lines)
 
 
@@ -589,44 +665,63 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 def ratios_table(entries: list[dict]) -> str:
     lines = [f"{'recipe':<8}{'dtype':<10}{'bcjax/keras':>13}{'bcjax/torch':>13}"]
-    lines += [f"{e['recipe']:<8}{e['dtype']:<10}{_fmt(e['bcjax/keras']):>13}{_fmt(e['bcjax/torch']):>13}"
-              for e in entries]
+    lines += [
+        f"{e['recipe']:<8}{e['dtype']:<10}{_fmt(e['bcjax/keras']):>13}{_fmt(e['bcjax/torch']):>13}" for e in entries
+    ]
     return "\n".join(lines)
 
 
 def compile_table(pairs: list[tuple[dict, dict]]) -> str:
-    lines = [f"{'recipe':<8}{'dtype':<10}{'':<6}{'first s':>9}{'compile s':>11}{'trace':>8}{'lower':>8}"
-             f"{'xla':>8}{'hits':>6}{'init s':>8}"]
+    lines = [
+        f"{'recipe':<8}{'dtype':<10}{'':<6}{'first s':>9}{'compile s':>11}{'trace':>8}{'lower':>8}"
+        f"{'xla':>8}{'hits':>6}{'init s':>8}"
+    ]
     for cold, warm in pairs:
         for label, r in (("cold", cold), ("warm", warm)):
             if r["status"] != "ok":
                 lines.append(f"{r['recipe']:<8}{r['dtype']:<10}{label:<6}  {r['status']}")
                 continue
-            lines.append(f"{r['recipe']:<8}{r['dtype']:<10}{label:<6}{r['first_step_s']:>9.1f}{r['compile_s']:>11.1f}"
-                         f"{r['trace_s']:>8.1f}{r['lower_s']:>8.1f}{r['xla_compile_s']:>8.1f}{r['cache_hits']:>6}"
-                         f"{r['init_s']:>8.1f}")
+            lines.append(
+                f"{r['recipe']:<8}{r['dtype']:<10}{label:<6}{r['first_step_s']:>9.1f}{r['compile_s']:>11.1f}"
+                f"{r['trace_s']:>8.1f}{r['lower_s']:>8.1f}{r['xla_compile_s']:>8.1f}{r['cache_hits']:>6}"
+                f"{r['init_s']:>8.1f}"
+            )
     return "\n".join(lines)
 
 
 def time_to_result(rows: list[dict]) -> list[dict]:
     """Training wall time of the published schedules, from each row's measured step time."""
-    schedules = {"a": ("recipe a as published: 200 epochs x 200 steps", RECIPE_A_STEPS),
-                 "b": (f"recipe b, 5-fold: {RECIPE_B_FOLDS} x {RECIPE_B_STEPS_PER_FOLD} steps",
-                       RECIPE_B_FOLDS * RECIPE_B_STEPS_PER_FOLD)}
+    schedules = {
+        "a": ("recipe a as published: 200 epochs x 200 steps", RECIPE_A_STEPS),
+        "b": (
+            f"recipe b, 5-fold: {RECIPE_B_FOLDS} x {RECIPE_B_STEPS_PER_FOLD} steps",
+            RECIPE_B_FOLDS * RECIPE_B_STEPS_PER_FOLD,
+        ),
+    }
     out = []
     for r in rows:
         if r["status"] == "ok" and r["step_s"] and r["recipe"] in schedules:
             what, steps = schedules[r["recipe"]]
-            out.append({"schedule": what, "framework": r["framework"], "dtype": r["dtype"], "steps": steps,
-                        "hours": steps * r["step_s"] / 3600})
+            out.append(
+                {
+                    "schedule": what,
+                    "framework": r["framework"],
+                    "dtype": r["dtype"],
+                    "steps": steps,
+                    "hours": steps * r["step_s"] / 3600,
+                }
+            )
     return out
 
 
 def time_to_result_table(entries: list[dict]) -> str:
-    lines = ["extrapolated from measured step time (training steps only):",
-             f"{'schedule':<48}{'dtype':<10}{'framework':<10}{'steps':>8}{'hours':>9}"]
-    lines += [f"{e['schedule']:<48}{e['dtype']:<10}{e['framework']:<10}{e['steps']:>8}{e['hours']:>9.1f}"
-              for e in entries]
+    lines = [
+        "extrapolated from measured step time (training steps only):",
+        f"{'schedule':<48}{'dtype':<10}{'framework':<10}{'steps':>8}{'hours':>9}",
+    ]
+    lines += [
+        f"{e['schedule']:<48}{e['dtype']:<10}{e['framework']:<10}{e['steps']:>8}{e['hours']:>9.1f}" for e in entries
+    ]
     return "\n".join(lines)
 
 
@@ -641,11 +736,18 @@ def breakdown_table(rows: list[dict]) -> str:
 
 
 def header(device: dict, flags_for_bcjax: str, cache_dir: str) -> dict:
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": shlex.join([sys.executable, *sys.argv]), "machine": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "device": device, "versions": versions(),
-            "bcjax_xla_flags": flags_for_bcjax, "compilation_cache_dir": cache_dir}
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "device": device,
+        "versions": versions(),
+        "bcjax_xla_flags": flags_for_bcjax,
+        "compilation_cache_dir": cache_dir,
+    }
 
 
 def print_header(info: dict) -> None:
@@ -654,8 +756,10 @@ def print_header(info: dict) -> None:
     d = info["device"]
     print(f"device (JAX): {d['platform']}: {d['device']} x{d['count']}")
     print("versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in info["versions"].items()))
-    print(f"bcjax XLA_FLAGS: {info['bcjax_xla_flags'] or '(none)'}; "
-          f"compilation cache: {info['compilation_cache_dir']}\n", flush=True)
+    print(
+        f"bcjax XLA_FLAGS: {info['bcjax_xla_flags'] or '(none)'}; compilation cache: {info['compilation_cache_dir']}\n",
+        flush=True,
+    )
 
 
 def write_json(record: dict) -> None:
@@ -673,8 +777,7 @@ def run_all(specs: list[RunSpec], record: dict) -> list[tuple[dict, dict]]:
         row = run_worker(spec, worker_env(spec.framework))
         row.update(compute_figures(row, record["header"]["device"]["device"]))
         record["results"].append(row)
-        print(row["status"] + (f", {row['images_per_s']:.2f} images/s" if row.get("images_per_s") else ""),
-              flush=True)
+        print(row["status"] + (f", {row['images_per_s']:.2f} images/s" if row.get("images_per_s") else ""), flush=True)
         if spec.framework == "bcjax" and _CACHE_CHECK.value and row["status"] == "ok":
             warm = dataclasses.replace(spec, warmup=1, steps=0, breakdown=False)
             pairs.append((row, run_worker(warm, worker_env("bcjax"))))
@@ -719,10 +822,20 @@ def main(argv: list[str]) -> None:
     if not _FRAMEWORK.value:
         driver()
         return
-    spec = RunSpec(framework=_FRAMEWORK.value, recipe=_RECIPE.value, dtype=_DTYPE.value, arch=_ARCH.value,
-                   height=_HEIGHT.value, width=_WIDTH.value, batch=_BATCH.value, warmup=_WARMUP.value,
-                   steps=_STEPS.value, cache_dir=_CACHE_DIR.value, keras_jit_compile=_KERAS_JIT.value,
-                   breakdown=_BREAKDOWN.value)
+    spec = RunSpec(
+        framework=_FRAMEWORK.value,
+        recipe=_RECIPE.value,
+        dtype=_DTYPE.value,
+        arch=_ARCH.value,
+        height=_HEIGHT.value,
+        width=_WIDTH.value,
+        batch=_BATCH.value,
+        warmup=_WARMUP.value,
+        steps=_STEPS.value,
+        cache_dir=_CACHE_DIR.value,
+        keras_jit_compile=_KERAS_JIT.value,
+        breakdown=_BREAKDOWN.value,
+    )
     worker(spec, _RESULT_FILE.value)
 
 

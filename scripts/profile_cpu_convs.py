@@ -29,6 +29,7 @@ Layer = tuple[str, int, int, int, int, int, int]  # name, height, width, cin, co
 
 def resnet50_layers(height: int, width: int) -> list[tuple[Layer, int]]:
     """(layer, count) for every distinct conv of ResNet-50 v1.5 on a height x width input."""
+
     def out(size: int, stride: int) -> int:
         return (size - 1) // stride + 1
 
@@ -82,8 +83,10 @@ def time_layer(layer: Layer, conv) -> tuple[float, float]:
 
 def main(argv: list[str]) -> None:
     del argv
-    print(f"ResNet-50 convolutions, batch {_BATCH.value} at {_HEIGHT.value}x{_WIDTH.value}, "
-          f"{jax.devices()[0].device_kind}; milliseconds per call")
+    print(
+        f"ResNet-50 convolutions, batch {_BATCH.value} at {_HEIGHT.value}x{_WIDTH.value}, "
+        f"{jax.devices()[0].device_kind}; milliseconds per call"
+    )
     print(f"{'layer':<30}{'count':>6}{'lax fwd':>10}{'lax bwd':>10}{'bcjax fwd':>11}{'bcjax bwd':>11}")
     totals = [0.0] * 4
     for layer, count in resnet50_layers(_HEIGHT.value, _WIDTH.value):
@@ -91,12 +94,19 @@ def main(argv: list[str]) -> None:
             continue
         times = (*time_layer(layer, jax.lax.conv_general_dilated), *time_layer(layer, resnet.conv_general_dilated))
         totals = [t + count * v for t, v in zip(totals, times)]
-        print(f"{layer[0]:<30}{count:>6}" + "".join(f"{v:>10.1f}" if i < 2 else f"{v:>11.1f}"
-                                                  for i, v in enumerate(times)), flush=True)
-    print(f"{'whole network (x count)':<36}" + "".join(f"{v:>10.0f}" if i < 2 else f"{v:>11.0f}"
-                                                     for i, v in enumerate(totals)))
-    print(f"lax fwd+bwd {totals[0] + totals[1]:.0f} ms, bcjax fwd+bwd {totals[2] + totals[3]:.0f} ms: "
-          f"{(totals[0] + totals[1]) / (totals[2] + totals[3]):.2f}x")
+        print(
+            f"{layer[0]:<30}{count:>6}"
+            + "".join(f"{v:>10.1f}" if i < 2 else f"{v:>11.1f}" for i, v in enumerate(times)),
+            flush=True,
+        )
+    print(
+        f"{'whole network (x count)':<36}"
+        + "".join(f"{v:>10.0f}" if i < 2 else f"{v:>11.0f}" for i, v in enumerate(totals))
+    )
+    print(
+        f"lax fwd+bwd {totals[0] + totals[1]:.0f} ms, bcjax fwd+bwd {totals[2] + totals[3]:.0f} ms: "
+        f"{(totals[0] + totals[1]) / (totals[2] + totals[3]):.2f}x"
+    )
 
 
 if __name__ == "__main__":

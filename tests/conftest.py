@@ -46,6 +46,7 @@ def prepared_data_dir(synthetic_tree, tmp_path_factory):
     from bcjax import input_pipeline
 
     data_dir = tmp_path_factory.mktemp("tfds")
-    input_pipeline.prepare(data_dir=str(data_dir), dataset="breakhis/custom",
-                           manual_dir=str(synthetic_tree.root.parent))
+    input_pipeline.prepare(
+        data_dir=str(data_dir), dataset="breakhis/custom", manual_dir=str(synthetic_tree.root.parent)
+    )
     return data_dir

@@ -19,8 +19,16 @@ import pytest
 from bcjax import augment as aug
 from bcjax import augment_device as ad
 
-FULL = aug.AugmentConfig(flip_horizontal=True, flip_vertical=True, rotate90=True, crop_scale=(0.08, 1.0),
-                         crop_ratio=(0.75, 1.33), brightness=0.1, contrast=0.2, hed_sigma=0.05)
+FULL = aug.AugmentConfig(
+    flip_horizontal=True,
+    flip_vertical=True,
+    rotate90=True,
+    crop_scale=(0.08, 1.0),
+    crop_ratio=(0.75, 1.33),
+    brightness=0.1,
+    contrast=0.2,
+    hed_sigma=0.05,
+)
 apply = jax.jit(ad.apply_params_device)
 sample = jax.jit(ad.sample_params_device, static_argnums=(0, 2, 3, 4))
 
@@ -47,11 +55,15 @@ def test_flips_and_rotations_are_exact(shape):
     np.testing.assert_array_equal(device, host)
 
 
-@pytest.mark.parametrize("config, max_levels, max_fraction", [
-    (aug.AugmentConfig(brightness=0.1, contrast=0.2, hed_sigma=0.05), 1, 1e-4),
-    (aug.AugmentConfig(crop_scale=(0.08, 1.0), crop_ratio=(0.75, 1.33)), 1, 5e-4),
-    (FULL, 2, 5e-4),
-], ids=["colour", "crop", "all"])
+@pytest.mark.parametrize(
+    "config, max_levels, max_fraction",
+    [
+        (aug.AugmentConfig(brightness=0.1, contrast=0.2, hed_sigma=0.05), 1, 1e-4),
+        (aug.AugmentConfig(crop_scale=(0.08, 1.0), crop_ratio=(0.75, 1.33)), 1, 5e-4),
+        (FULL, 2, 5e-4),
+    ],
+    ids=["colour", "crop", "all"],
+)
 def test_device_matches_host_on_the_same_parameters(config, max_levels, max_fraction):
     host, device = _host_and_device(config, _image(46, 70))
     difference = np.abs(host - device)
@@ -67,8 +79,9 @@ def test_identity_parameters_change_nothing():
 
 
 def _host_params(config, height, width, draws):
-    return ad.params_from_host([aug.sample_params(config, np.random.default_rng(s), height, width)
-                                for s in range(draws)])
+    return ad.params_from_host(
+        [aug.sample_params(config, np.random.default_rng(s), height, width) for s in range(draws)]
+    )
 
 
 def test_sampler_has_the_host_distributions():
@@ -79,13 +92,18 @@ def test_sampler_has_the_host_distributions():
     assert (y0 >= 0).all() and (x0 >= 0).all() and (y0 + h <= height + 1e-4).all() and (x0 + w <= width + 1e-4).all()
     area = lambda p: p["h"] * p["w"] / (height * width)  # noqa: E731
     assert area(device).min() >= 0.08 - 1e-6 and area(device).max() <= 1 + 1e-6
-    np.testing.assert_allclose(np.quantile(area(device), [0.1, 0.5, 0.9]),
-                               np.quantile(area(host), [0.1, 0.5, 0.9]), atol=0.03)
+    np.testing.assert_allclose(
+        np.quantile(area(device), [0.1, 0.5, 0.9]), np.quantile(area(host), [0.1, 0.5, 0.9]), atol=0.03
+    )
     for name in ("flip_h", "flip_v"):
         assert abs(device[name].mean() - 0.5) < 0.03
     assert set(np.unique(device["rotate90"])) == {0, 2}  # 46x70 is not square: 0 or 180 degrees
-    for name, (lo, hi) in {"brightness": (-0.1, 0.1), "contrast": (0.8, 1.2), "hed_scale": (0.95, 1.05),
-                           "hed_shift": (-0.05, 0.05)}.items():
+    for name, (lo, hi) in {
+        "brightness": (-0.1, 0.1),
+        "contrast": (0.8, 1.2),
+        "hed_scale": (0.95, 1.05),
+        "hed_shift": (-0.05, 0.05),
+    }.items():
         assert lo <= device[name].min() and device[name].max() <= hi, name
         np.testing.assert_allclose(device[name].std(), host[name].std(), rtol=0.05)
 

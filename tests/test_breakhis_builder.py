@@ -14,9 +14,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import bcjax.datasets.breakhis  # noqa: F401  (registers `breakhis`)
+from bcjax.datasets import synthetic
 from bcjax.datasets.breakhis import BreakHisBuildError
 from bcjax.datasets.breakhis import breakhis_dataset_builder as bh
-from bcjax.datasets import synthetic
 
 
 def _build(manual_dir, data_dir, config="custom"):
@@ -30,8 +30,9 @@ def _sob_files(root):
 
 
 def _records(data_dir, config="custom"):
-    source = tfds.data_source(f"breakhis/{config}", data_dir=str(data_dir),
-                              decoders={"image": tfds.decode.SkipDecoding()})["train"]
+    source = tfds.data_source(
+        f"breakhis/{config}", data_dir=str(data_dir), decoders={"image": tfds.decode.SkipDecoding()}
+    )["train"]
     return [source[i] for i in range(len(source))]
 
 

@@ -93,10 +93,16 @@ def calibrate_torch(torch, model, seed=0):
 
 def torch_outputs(torch, model):
     stages = {}
-    for ours, theirs in [("stem", "maxpool"), ("stage1", "layer1"), ("stage2", "layer2"),
-                         ("stage3", "layer3"), ("stage4", "layer4")]:
+    for ours, theirs in [
+        ("stem", "maxpool"),
+        ("stage1", "layer1"),
+        ("stage2", "layer2"),
+        ("stage3", "layer3"),
+        ("stage4", "layer4"),
+    ]:
         getattr(model, theirs).register_forward_hook(
-            lambda m, i, out, ours=ours: stages.__setitem__(ours, out.numpy().transpose(0, 2, 3, 1)))
+            lambda m, i, out, ours=ours: stages.__setitem__(ours, out.numpy().transpose(0, 2, 3, 1))
+        )
     with torch.no_grad():
         logits = model(torch.from_numpy(IMAGES.transpose(0, 3, 1, 2))).numpy()
     return logits, stages
@@ -128,9 +134,15 @@ def test_torchvision_resnet18_through_cli_and_load_pretrained(resnet18_pth, tmp_
     model = abstract_model("resnet18")
     meta = convert.load_pretrained(model, out, load_head=True)
     assert meta == {
-        "format": convert.FORMAT, "architecture": "resnet18", "layout": "v1.5", "source": "torchvision",
-        "bn_epsilon": 1e-5, "imagenet_classes": 1000, "preprocessing": convert.PREPROCESSING["torch"],
-        "input_file": "resnet18.pth", "input_sha256": sha,
+        "format": convert.FORMAT,
+        "architecture": "resnet18",
+        "layout": "v1.5",
+        "source": "torchvision",
+        "bn_epsilon": 1e-5,
+        "imagenet_classes": 1000,
+        "preprocessing": convert.PREPROCESSING["torch"],
+        "input_file": "resnet18.pth",
+        "input_sha256": sha,
     }
     assert_matches("torchvision resnet18 (.pth, CLI + load_pretrained)", jax_outputs(model), reference)
 
@@ -139,8 +151,9 @@ def test_torchvision_resnet50(torch, tmp_path):
     path, reference = torchvision_file(torch, tmp_path, "resnet50")
     converted = convert.convert_file(path, "torchvision")
     assert converted.metadata["architecture"] == "resnet50"
-    assert_matches("torchvision resnet50 (.pth)", jax_outputs(converted_model(converted, "resnet50", "v1.5")),
-                   reference)
+    assert_matches(
+        "torchvision resnet50 (.pth)", jax_outputs(converted_model(converted, "resnet50", "v1.5")), reference
+    )
 
 
 def test_timm_resnet50_safetensors(torch, tmp_path):
@@ -152,15 +165,23 @@ def test_timm_resnet50_safetensors(torch, tmp_path):
     save_file(model.state_dict(), path)
     converted = convert.convert_file(path, "timm")
     assert converted.metadata["preprocessing"] == convert.PREPROCESSING["torch"]
-    assert_matches("timm resnet50 (.safetensors)", jax_outputs(converted_model(converted, "resnet50", "v1.5")),
-                   torch_outputs(torch, model))
+    assert_matches(
+        "timm resnet50 (.safetensors)",
+        jax_outputs(converted_model(converted, "resnet50", "v1.5")),
+        torch_outputs(torch, model),
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Keras 3 (the ResNet50 / ResNet50V2 of keras.applications)
 
-KERAS_STAGES = {"stem": "pool1_pool", "stage1": "conv2_block3_out", "stage2": "conv3_block4_out",
-                "stage3": "conv4_block6_out", "stage4": "conv5_block3_out"}
+KERAS_STAGES = {
+    "stem": "pool1_pool",
+    "stage1": "conv2_block3_out",
+    "stage2": "conv3_block4_out",
+    "stage3": "conv4_block6_out",
+    "stage4": "conv5_block3_out",
+}
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +242,9 @@ class KerasCase(NamedTuple):
     notop: Path  # the no-top twin, saved by Keras 3 as a full-model legacy .h5
 
 
-@pytest.fixture(scope="module", params=[("ResNet50", "v1", "caffe"), ("ResNet50V2", "v2", "tf")],
-                ids=["ResNet50", "ResNet50V2"])
+@pytest.fixture(
+    scope="module", params=[("ResNet50", "v1", "caffe"), ("ResNet50V2", "v2", "tf")], ids=["ResNet50", "ResNet50V2"]
+)
 def keras_case(request, keras, tmp_path_factory):
     name, layout, preprocessing = request.param
     keras.utils.set_random_seed(0)
@@ -241,8 +263,9 @@ def keras_case(request, keras, tmp_path_factory):
 def test_keras_reads_our_published_layout_file(keras, keras_case):
     fresh = keras_case.build(weights=None, classifier_activation=None)
     fresh.load_weights(keras_case.top)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh(IMAGES)),
-                                  keras.ops.convert_to_numpy(keras_case.model(IMAGES)))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(fresh(IMAGES)), keras.ops.convert_to_numpy(keras_case.model(IMAGES))
+    )
 
 
 def test_keras_with_top(keras, keras_case):
@@ -251,8 +274,11 @@ def test_keras_with_top(keras, keras_case):
     assert (meta["layout"], meta["bn_epsilon"], meta["imagenet_classes"]) == (keras_case.layout, 1.001e-5, 1000)
     assert meta["preprocessing"] == convert.PREPROCESSING[keras_case.preprocessing]
     model = converted_model(converted, "resnet50", keras_case.layout)
-    assert_matches(f"Keras {keras_case.model.name} (published .h5 layout)", jax_outputs(model),
-                   keras_outputs(keras, keras_case.model))
+    assert_matches(
+        f"Keras {keras_case.model.name} (published .h5 layout)",
+        jax_outputs(model),
+        keras_outputs(keras, keras_case.model),
+    )
 
 
 def test_keras_notop_full_model_file(keras_case):
@@ -287,8 +313,9 @@ def test_preprocess_matches_keras_preprocess_input(keras, mode):
 
 def run_cli(tmp_path, *args):
     """Runs the converter CLI in a subprocess; returns (exit code, stderr)."""
-    result = subprocess.run([sys.executable, "-m", "bcjax.convert", *args], capture_output=True, text=True,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "bcjax.convert", *args], capture_output=True, text=True, cwd=tmp_path
+    )
     return result.returncode, result.stderr
 
 
@@ -340,11 +367,13 @@ def test_every_missing_unexpected_and_misshapen_key_is_listed(torch, resnet18_pt
     torch.save(state, path)
     code, stderr = run_cli(tmp_path, "--source=torchvision", f"--input={path}", "--output=out")
     assert code == 1 and "Traceback" not in stderr
-    for line in ["missing: layer1.0.bn1.running_var (shape (64,))",
-                 "missing: layer4.1.conv2.weight (shape (512, 512, 3, 3))",
-                 "unexpected: layer1.0.extra.weight (shape (3,))",
-                 "unexpected: projection.bias (shape (5,))",
-                 "wrong shape: layer2.0.downsample.0.weight is (128, 64, 3, 3), expected (128, 64, 1, 1)"]:
+    for line in [
+        "missing: layer1.0.bn1.running_var (shape (64,))",
+        "missing: layer4.1.conv2.weight (shape (512, 512, 3, 3))",
+        "unexpected: layer1.0.extra.weight (shape (3,))",
+        "unexpected: projection.bias (shape (5,))",
+        "wrong shape: layer2.0.downsample.0.weight is (128, 64, 3, 3), expected (128, 64, 1, 1)",
+    ]:
         assert line in stderr
     assert "5 problem(s)" in stderr and "What to do" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pth"]

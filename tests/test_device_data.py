@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_config
 from etils import epath
 
-import tiny_config
 from bcjax import augment as aug
 from bcjax import input_pipeline as ip
 from bcjax import parallel, reports, train
@@ -51,8 +51,8 @@ def test_an_epoch_draws_every_training_row_once_with_its_labels(data):
     assert len(np.unique(rows)) < len(rows)  # balancing repeats rows
     batches = _batches(data, jax.devices(), len(rows) // 8 + 2)  # the last batches run into the next epoch
     index = np.concatenate([b["index"] for b in batches])
-    assert sorted(index[:len(rows)]) == sorted(rows)
-    assert sorted(index[len(rows):]) != sorted(index[:len(index) - len(rows)])  # reshuffled
+    assert sorted(index[: len(rows)]) == sorted(rows)
+    assert sorted(index[len(rows) :]) != sorted(index[: len(index) - len(rows)])  # reshuffled
     for batch in batches:
         assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.uint8
         np.testing.assert_array_equal(batch["label"], data.table.label[batch["index"]])
@@ -120,8 +120,17 @@ def test_device_path_steps_never_touch_the_host_and_donate_the_state(data, prepa
     tx = optimizers.make_optimizer(config.optimizer, 10)
     graphdef, state = train.initial_state(model, tx)
     resident = data.on_devices(config.batch_size, mesh)
-    steps = train.make_steps(graphdef, state, tx=tx, mesh=mesh, loss_fn=losses.make_loss("softmax_ce", num_classes=2),
-                             normalizer=data.normalizer, target="label", shard_params=False, device_data=resident)
+    steps = train.make_steps(
+        graphdef,
+        state,
+        tx=tx,
+        mesh=mesh,
+        loss_fn=losses.make_loss("softmax_ce", num_classes=2),
+        normalizer=data.normalizer,
+        target="label",
+        shard_params=False,
+        device_data=resident,
+    )
     state = jax.device_put(state, steps.state_sharding)
     state, _ = steps.train(state, resident)  # compiles outside the guard
     with jax.transfer_guard("disallow"):

@@ -13,8 +13,15 @@ from bcjax import input_pipeline as ip
 
 @pytest.fixture(scope="module")
 def data(prepared_data_dir):
-    config = ip.InputConfig(data_dir=str(prepared_data_dir), dataset="breakhis/custom", height=32, width=48,
-                            split="patient_kfold", split_kwargs={"k": 3, "fold": 1}, seed=3)
+    config = ip.InputConfig(
+        data_dir=str(prepared_data_dir),
+        dataset="breakhis/custom",
+        height=32,
+        width=48,
+        split="patient_kfold",
+        split_kwargs={"k": 3, "fold": 1},
+        seed=3,
+    )
     return ip.load(config, progress=False)
 
 
@@ -62,8 +69,21 @@ def test_train_iterator_state_restores_exactly(data):
 def test_global_batches_do_not_depend_on_the_number_of_processes(data):
     augment = aug.AugmentConfig(flip_horizontal=True, hed_sigma=0.05)
     single = iter(ip.train_dataset(data.cache, data.table, data.train_rows, global_batch=6, seed=1, augment=augment))
-    parts = [iter(ip.train_dataset(data.cache, data.table, data.train_rows, global_batch=6, seed=1, augment=augment,
-                                   process_index=p, process_count=3)) for p in range(3)]
+    parts = [
+        iter(
+            ip.train_dataset(
+                data.cache,
+                data.table,
+                data.train_rows,
+                global_batch=6,
+                seed=1,
+                augment=augment,
+                process_index=p,
+                process_count=3,
+            )
+        )
+        for p in range(3)
+    ]
     for _ in range(4):
         whole = next(single)
         pieces = [next(part) for part in parts]
@@ -84,8 +104,9 @@ def test_evaluation_counts_every_image_exactly_once(data, process_count):
     counted = []
     batches_per_process = set()
     for p in range(process_count):
-        batches = list(ip.eval_batches(data.cache, data.table, rows, local_batch=4, process_index=p,
-                                       process_count=process_count))
+        batches = list(
+            ip.eval_batches(data.cache, data.table, rows, local_batch=4, process_index=p, process_count=process_count)
+        )
         batches_per_process.add(len(batches))
         for batch in batches:
             assert batch["image"].shape[0] == 4
@@ -104,9 +125,15 @@ def test_balancing_equalises_class_counts():
 
 def test_augmented_training_keeps_shapes(prepared_data_dir):
     config = ip.InputConfig(
-        data_dir=str(prepared_data_dir), dataset="breakhis/custom", height=32, width=32, split="patient_holdout",
+        data_dir=str(prepared_data_dir),
+        dataset="breakhis/custom",
+        height=32,
+        width=32,
+        split="patient_holdout",
         augment=aug.AugmentConfig(flip_horizontal=True, rotate90=True, crop_scale=(0.5, 1.0), hed_sigma=0.05),
-        normalization="zscore", balance=True, target="tumor_type",
+        normalization="zscore",
+        balance=True,
+        target="tumor_type",
     )
     data = ip.load(config, progress=False)
     batch = next(iter(data.train(global_batch=6)))

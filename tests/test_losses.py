@@ -32,9 +32,7 @@ def test_sigmoid_bce_matches_formula():
 
 def test_softmax_ce_matches_optax_integer_labels():
     loss = losses.make_loss("softmax_ce", num_classes=3)(LOGITS, LABELS)
-    np.testing.assert_allclose(
-        loss, optax.softmax_cross_entropy_with_integer_labels(LOGITS, LABELS), rtol=1e-6
-    )
+    np.testing.assert_allclose(loss, optax.softmax_cross_entropy_with_integer_labels(LOGITS, LABELS), rtol=1e-6)
 
 
 def test_binary_label_smoothing_targets():
@@ -52,9 +50,7 @@ def test_softmax_label_smoothing_by_hand():
 
 def test_class_weights_scale_each_example_by_its_label():
     plain = losses.make_loss("sigmoid_bce", num_classes=1)(BINARY_LOGITS, BINARY_LABELS)
-    weighted = losses.make_loss("sigmoid_bce", num_classes=1, class_weights=(0.5, 3.0))(
-        BINARY_LOGITS, BINARY_LABELS
-    )
+    weighted = losses.make_loss("sigmoid_bce", num_classes=1, class_weights=(0.5, 3.0))(BINARY_LOGITS, BINARY_LABELS)
     np.testing.assert_allclose(weighted, plain * np.array([3.0, 0.5, 3.0, 0.5]), rtol=1e-6)
 
 
@@ -106,6 +102,7 @@ def test_probabilities_and_predictions():
 def test_default_loss_config_builds_a_loss():
     config = losses.default_loss_config()
     assert config.class_weights is None
-    loss_fn = losses.make_loss(config.name, num_classes=1, label_smoothing=config.label_smoothing,
-                               class_weights=config.class_weights)
+    loss_fn = losses.make_loss(
+        config.name, num_classes=1, label_smoothing=config.label_smoothing, class_weights=config.class_weights
+    )
     assert loss_fn(BINARY_LOGITS, BINARY_LABELS).shape == (4,)

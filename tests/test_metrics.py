@@ -12,8 +12,16 @@ from sklearn import metrics as skm
 from bcjax import metrics
 
 BINARY = ["benign", "malignant"]
-TYPES = ["adenosis", "fibroadenoma", "phyllodes_tumor", "tubular_adenoma", "ductal_carcinoma",
-         "lobular_carcinoma", "mucinous_carcinoma", "papillary_carcinoma"]
+TYPES = [
+    "adenosis",
+    "fibroadenoma",
+    "phyllodes_tumor",
+    "tubular_adenoma",
+    "ductal_carcinoma",
+    "lobular_carcinoma",
+    "mucinous_carcinoma",
+    "papillary_carcinoma",
+]
 MAGNIFICATIONS = np.array(["40X", "100X", "200X", "400X"])
 
 
@@ -45,13 +53,17 @@ def sklearn_reference(probabilities, labels):
     predictions = probabilities.argmax(1)
     every_class = list(range(num_classes))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        labels, predictions, labels=every_class, zero_division=0)
+        labels, predictions, labels=every_class, zero_division=0
+    )
     macro = skm.precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0)
     auc = [skm.roc_auc_score(labels == k, probabilities[:, k]) for k in every_class if np.any(labels == k)]
     return {
         "accuracy": skm.accuracy_score(labels, predictions),
         "balanced_accuracy": skm.balanced_accuracy_score(labels, predictions),
-        "precision": precision, "recall": recall, "f1": f1, "support": support,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": support,
         "macro": macro[:3],
         "confusion_matrix": skm.confusion_matrix(labels, predictions, labels=every_class),
         "roc_auc": skm.roc_auc_score(labels, probabilities[:, 1]) if num_classes == 2 else np.mean(auc),
@@ -124,11 +136,21 @@ def test_invalid_inputs_are_rejected():
 
 def test_patient_metrics_hand_made():
     rows = [  # patient, label, prediction
-        ("A", 1, 1), ("A", 1, 1), ("A", 1, 1), ("A", 1, 0),  # 3/4, vote right
-        ("B", 0, 0), ("B", 0, 1),  # 1/2, tied vote: wrong
-        ("C", 0, 1), ("C", 0, 1), ("C", 0, 0),  # 1/3, vote wrong
+        ("A", 1, 1),
+        ("A", 1, 1),
+        ("A", 1, 1),
+        ("A", 1, 0),  # 3/4, vote right
+        ("B", 0, 0),
+        ("B", 0, 1),  # 1/2, tied vote: wrong
+        ("C", 0, 1),
+        ("C", 0, 1),
+        ("C", 0, 0),  # 1/3, vote wrong
         ("D", 1, 1),  # 1/1
-        ("E", 2, 2), ("E", 2, 2), ("E", 2, 0), ("E", 2, 1), ("E", 2, 3),  # 2/5 but the plurality: right
+        ("E", 2, 2),
+        ("E", 2, 2),
+        ("E", 2, 0),
+        ("E", 2, 1),
+        ("E", 2, 3),  # 2/5 but the plurality: right
     ]
     patient_ids, labels, predictions = map(np.array, zip(*rows))
     got = metrics.patient_metrics(predictions, labels, patient_ids)
@@ -148,8 +170,9 @@ def test_patient_recognition_rate_weighs_patients_not_images():
 
 
 def report_of(split, names, **kwargs):
-    return metrics.evaluation_report(split["probabilities"], split["labels"], split["patient_ids"],
-                                     split["magnifications"], names, **kwargs)
+    return metrics.evaluation_report(
+        split["probabilities"], split["labels"], split["patient_ids"], split["magnifications"], names, **kwargs
+    )
 
 
 @pytest.mark.parametrize("num_classes", [2, 8])
@@ -163,7 +186,8 @@ def test_report_structure_and_json(num_classes):
     assert sum(r["images"] for r in report["by_magnification"].values()) == 2000
     keep = split["magnifications"] == "200X"
     assert report["by_magnification"]["200X"]["accuracy"] == pytest.approx(
-        skm.accuracy_score(split["labels"][keep], split["probabilities"][keep].argmax(1)))
+        skm.accuracy_score(split["labels"][keep], split["probabilities"][keep].argmax(1))
+    )
     expected = {"accuracy", "balanced_accuracy", "roc_auc", "patient_recognition_rate"}
     expected |= {"sensitivity", "specificity"} if num_classes == 2 else set()
     assert set(report["confidence_intervals"]) == expected
@@ -241,8 +265,10 @@ def test_format_summary():
 
 def test_summarize_folds_on_known_numbers():
     def fold(accuracy, auc, magnifications):
-        return {"overall": {"accuracy": accuracy, "roc_auc": auc, "per_class": {}, "confusion_matrix": [[1]]},
-                "by_magnification": {m: {"accuracy": accuracy} for m in magnifications}}
+        return {
+            "overall": {"accuracy": accuracy, "roc_auc": auc, "per_class": {}, "confusion_matrix": [[1]]},
+            "by_magnification": {m: {"accuracy": accuracy} for m in magnifications},
+        }
 
     reports = [fold(0.8, 0.5, ["100X", "40X"]), fold(0.9, None, ["40X"]), fold(1.0, 0.7, ["40X", "100X"])]
     got = metrics.summarize_folds(reports)
@@ -250,8 +276,11 @@ def test_summarize_folds_on_known_numbers():
     assert got["overall"]["accuracy"]["mean"] == pytest.approx(0.9)
     assert got["overall"]["accuracy"]["std"] == pytest.approx(0.1)  # ddof=1
     assert got["overall"]["accuracy"]["values"] == [0.8, 0.9, 1.0]
-    assert got["overall"]["roc_auc"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.02**0.5),
-                                         "values": [0.5, None, 0.7]}
+    assert got["overall"]["roc_auc"] == {
+        "mean": pytest.approx(0.6),
+        "std": pytest.approx(0.02**0.5),
+        "values": [0.5, None, 0.7],
+    }
     assert list(got["by_magnification"]) == ["40X", "100X"]
     assert got["by_magnification"]["100X"]["accuracy"]["values"] == [0.8, None, 1.0]
     assert metrics.summarize_folds(reports[:1])["overall"]["accuracy"]["std"] is None
@@ -275,22 +304,48 @@ def test_predictions_csv(tmp_path):
     n, predictions = 50, split["probabilities"].argmax(1)
     path = tmp_path / "predictions.csv"
     metrics.write_predictions_csv(
-        path, filenames=[f"img{i}.png" for i in range(n)], patient_ids=split["patient_ids"],
-        accessions=["14-1"] * n, magnifications=split["magnifications"], tumor_types=[TYPES[k] for k in split["labels"]],
-        labels=split["labels"], predictions=predictions, probabilities=split["probabilities"], class_names=TYPES)
+        path,
+        filenames=[f"img{i}.png" for i in range(n)],
+        patient_ids=split["patient_ids"],
+        accessions=["14-1"] * n,
+        magnifications=split["magnifications"],
+        tumor_types=[TYPES[k] for k in split["labels"]],
+        labels=split["labels"],
+        predictions=predictions,
+        probabilities=split["probabilities"],
+        class_names=TYPES,
+    )
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == n
-    assert list(rows[0]) == ["filename", "patient_id", "accession", "magnification", "tumor_type", "label",
-                             "label_id", "prediction", "prediction_id", *(f"prob_{t}" for t in TYPES)]
+    assert list(rows[0]) == [
+        "filename",
+        "patient_id",
+        "accession",
+        "magnification",
+        "tumor_type",
+        "label",
+        "label_id",
+        "prediction",
+        "prediction_id",
+        *(f"prob_{t}" for t in TYPES),
+    ]
     assert [int(r["label_id"]) for r in rows] == split["labels"].tolist()
     assert [r["prediction"] for r in rows] == [TYPES[k] for k in predictions]
     assert np.array([[float(r[f"prob_{t}"]) for t in TYPES] for r in rows]) == pytest.approx(split["probabilities"])
     with pytest.raises(ValueError, match="differ in length"):
         metrics.write_predictions_csv(
-            path, filenames=["x"], patient_ids=split["patient_ids"], accessions=["14-1"] * n,
-            magnifications=split["magnifications"], tumor_types=split["labels"], labels=split["labels"],
-            predictions=predictions, probabilities=split["probabilities"], class_names=TYPES)
+            path,
+            filenames=["x"],
+            patient_ids=split["patient_ids"],
+            accessions=["14-1"] * n,
+            magnifications=split["magnifications"],
+            tumor_types=split["labels"],
+            labels=split["labels"],
+            predictions=predictions,
+            probabilities=split["probabilities"],
+            class_names=TYPES,
+        )
 
 
 def assert_png(path):
@@ -300,8 +355,9 @@ def assert_png(path):
 def test_plots_write_pngs(tmp_path):
     binary, multiclass = make_split(2), make_split(8)
     for name, split, names in (("binary", binary, BINARY), ("multiclass", multiclass, TYPES)):
-        metrics.plot_roc(split["probabilities"], split["labels"], split["magnifications"], names,
-                         tmp_path / f"roc_{name}.png")
+        metrics.plot_roc(
+            split["probabilities"], split["labels"], split["magnifications"], names, tmp_path / f"roc_{name}.png"
+        )
         assert_png(tmp_path / f"roc_{name}.png")
     confusion = metrics.classification_metrics(multiclass["probabilities"], multiclass["labels"], TYPES)
     metrics.plot_confusion_matrix(confusion["confusion_matrix"], TYPES, tmp_path / "confusion.png", title="test")

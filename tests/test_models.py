@@ -36,8 +36,9 @@ def test_parameter_counts(arch, layout):
     assert sum(summary.parameter_counts(abstract(arch, layout)).values()) == PARAMETERS[arch, layout]
 
 
-@pytest.mark.parametrize("layout,stage_sizes", [("v1.5", (8, 8, 4, 2, 1)), ("v1", (8, 8, 4, 2, 1)),
-                                                ("v2", (8, 4, 2, 1, 1))])
+@pytest.mark.parametrize(
+    "layout,stage_sizes", [("v1.5", (8, 8, 4, 2, 1)), ("v1", (8, 8, 4, 2, 1)), ("v2", (8, 4, 2, 1, 1))]
+)
 def test_stage_shapes(layout, stage_sizes):
     """v2 strides at the end of stages 1-3, the others at the start of stages 2-4."""
     model = abstract("resnet50", layout)
@@ -57,7 +58,8 @@ def test_odd_input_size(layout):
 def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
     model = abstract("resnet18", "v1.5", "recipe_a", 1, dtype=jnp.bfloat16)
     stages, logits = nnx.eval_shape(
-        lambda m, x: (m.backbone(x, return_stages=True)[1], m(x)), model, jnp.ones((2, 32, 32, 3)))
+        lambda m, x: (m.backbone(x, return_stages=True)[1], m(x)), model, jnp.ones((2, 32, 32, 3))
+    )
     assert stages["stage4"].dtype == jnp.bfloat16 and logits.dtype == jnp.float32
     variables = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
     assert {v.dtype for _, v in variables} == {jnp.dtype(jnp.float32)}
@@ -92,12 +94,15 @@ def test_mlp_head_is_configurable():
     assert model.head.out.kernel.shape == (128, 8)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(arch="resnet20"), "unknown arch"),
-    (dict(layout="v3"), "unknown layout"),
-    (dict(head="svm"), "unknown head"),
-    (dict(head="mlp", activation="swish2"), "unknown activation"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(arch="resnet20"), "unknown arch"),
+        (dict(layout="v3"), "unknown layout"),
+        (dict(head="svm"), "unknown head"),
+        (dict(head="mlp", activation="swish2"), "unknown activation"),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         create_model(**{"arch": "resnet18", "rngs": nnx.Rngs(0), **kwargs})
@@ -112,8 +117,7 @@ def test_summary_cli(capsys):
 
 
 def test_summary_help():
-    result = subprocess.run([sys.executable, "-m", "bcjax.models.summary", "--help"],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "bcjax.models.summary", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--layout" in result.stdout
 
 
@@ -121,8 +125,11 @@ def test_models_import_nothing_else_from_bcjax():
     """models/ stays pure: no data, training or I/O modules."""
     for path in pathlib.Path(summary.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            )
             for name in names:
                 assert not name.startswith("bcjax") or name.startswith("bcjax.models"), (path.name, name)
 

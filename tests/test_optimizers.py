@@ -151,8 +151,12 @@ def test_clipping_caps_the_global_norm():
 
 
 def test_clipping_ignores_the_frozen_backbone():
-    grads = lambda p: {"backbone": jax.tree.map(lambda x: 1e3 * jnp.ones_like(x), p["backbone"]),  # noqa: E731
-                       "head": jax.tree.map(lambda x: 0.1 * jnp.ones_like(x), p["head"])}
+    def grads(p):
+        return {
+            "backbone": jax.tree.map(lambda x: 1e3 * jnp.ones_like(x), p["backbone"]),
+            "head": jax.tree.map(lambda x: 0.1 * jnp.ones_like(x), p["head"]),
+        }
+
     config = _config(name="sgd", learning_rate=1.0, grad_clip_norm=1.0, freeze_backbone_steps=1)
     history = _trajectory(config, 2, grads)
     np.testing.assert_allclose(_delta(history, 0, "head", "bias"), -0.1, rtol=1e-6)
@@ -174,8 +178,9 @@ def test_unfrozen_backbone_starts_with_fresh_state_on_the_global_schedule():
     frozen = _trajectory(_config(name="rmsprop", learning_rate=0.1, freeze_backbone_steps=3), 4)
     np.testing.assert_allclose(_delta(frozen, 3, "backbone", "kernel"), _delta(fresh, 0, "backbone", "kernel"))
     # The step schedule has halved by step 2, when the backbone starts.
-    config = _config(name="sgd", learning_rate=1.0, schedule="step", decay_steps=2, decay_rate=0.5,
-                     freeze_backbone_steps=2)
+    config = _config(
+        name="sgd", learning_rate=1.0, schedule="step", decay_steps=2, decay_rate=0.5, freeze_backbone_steps=2
+    )
     np.testing.assert_allclose(_delta(_trajectory(config, 3), 2, "backbone", "bias"), -0.5)
     assert optimizers.learning_rate_at(config, 100, 1, "backbone") == 0.0
     assert optimizers.learning_rate_at(config, 100, 2, "backbone") == 0.5
@@ -222,7 +227,9 @@ def test_partial_config_takes_defaults():
 
 class _Tiny(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
-        self.backbone = nnx.Sequential(nnx.Linear(3, 4, rngs=rngs), nnx.BatchNorm(4, use_running_average=True, rngs=rngs))
+        self.backbone = nnx.Sequential(
+            nnx.Linear(3, 4, rngs=rngs), nnx.BatchNorm(4, use_running_average=True, rngs=rngs)
+        )
         self.head = nnx.Linear(4, 1, rngs=rngs)
 
     def __call__(self, x):
@@ -231,8 +238,14 @@ class _Tiny(nnx.Module):
 
 def test_nnx_state_under_jit():
     graphdef, params, rest = nnx.split(_Tiny(nnx.Rngs(0)), nnx.Param, ...)
-    config = _config(name="adamw", learning_rate=0.01, weight_decay=0.1, grad_clip_norm=1.0,
-                     freeze_backbone_steps=1, backbone_lr_multiplier=0.1)
+    config = _config(
+        name="adamw",
+        learning_rate=0.01,
+        weight_decay=0.1,
+        grad_clip_norm=1.0,
+        freeze_backbone_steps=1,
+        backbone_lr_multiplier=0.1,
+    )
     tx = optimizers.make_optimizer(config, 10)
     x = jnp.ones((2, 3))
 

@@ -20,11 +20,12 @@ def test_platform_flags_are_added_and_the_users_value_wins():
 
 def test_every_default_flag_is_known_to_this_jaxlib():
     """XLA aborts the process on an unknown flag, so a typo here would stop every run."""
-    code = ("from bcjax import runtime; runtime.set_platform_xla_flags(); import jax, jax.numpy as jnp; "
-            "print(jax.jit(lambda x: x + 1)(jnp.ones(2)).sum())")
+    code = (
+        "from bcjax import runtime; runtime.set_platform_xla_flags(); import jax, jax.numpy as jnp; "
+        "print(jax.jit(lambda x: x + 1)(jnp.ones(2)).sum())"
+    )
     env = {**os.environ, "XLA_FLAGS": ""}
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "4.0"
 
@@ -41,8 +42,13 @@ print(stats.hits, stats.misses)
 
 def test_a_rerun_loads_the_compiled_program_from_the_cache(tmp_path):
     def run() -> tuple[int, int]:
-        done = subprocess.run([sys.executable, "-c", _PROGRAM, str(tmp_path / "cache")], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", _PROGRAM, str(tmp_path / "cache")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         hits, misses = map(int, done.stdout.split())
         return hits, misses

@@ -67,7 +67,14 @@ def test_counts_match_the_flags(tree):
 def test_full_and_scaled_patient_plans():
     full = S.plan_patients("full", seed=0)
     assert {t.code: sum(p.tumour is t for p in full) for t in S.TUMOUR_TYPES} == {
-        "A": 4, "F": 10, "PT": 3, "TA": 7, "DC": 38, "LC": 5, "MC": 9, "PC": 6
+        "A": 4,
+        "F": 10,
+        "PT": 3,
+        "TA": 7,
+        "DC": 38,
+        "LC": 5,
+        "MC": 9,
+        "PC": 6,
     }
     # like the real archive: 82 folders, 81 slide ids without the type, 70 accession cores
     assert len({p.dir_name for p in full}) == 82
@@ -144,10 +151,15 @@ def features(image: np.ndarray) -> np.ndarray:
 
 def test_classes_are_learnable_across_patients():
     codes = [t.code for t in S.TUMOUR_TYPES]
-    x = np.array([
-        [[features(S.render_image(c, m, size=(96, 64), patient=str(p))) for m in S.MAGNIFICATIONS] for p in range(6)]
-        for c in codes
-    ])  # (type, patient, magnification, feature)
+    x = np.array(
+        [
+            [
+                [features(S.render_image(c, m, size=(96, 64), patient=str(p))) for m in S.MAGNIFICATIONS]
+                for p in range(6)
+            ]
+            for c in codes
+        ]
+    )  # (type, patient, magnification, feature)
     dark = x[..., 6].mean(axis=(1, 2))
     malignant = np.array([S.TYPES_BY_CODE[c].malignant for c in codes])
     assert dark[malignant].mean() > 1.5 * dark[~malignant].mean()
@@ -161,8 +173,20 @@ def test_classes_are_learnable_across_patients():
 
 
 def test_cli_writes_a_tree_and_prints_a_summary(tmp_path, capsys):
-    argv = ["--out", str(tmp_path), "--patients", "1", "--images-per-magnification", "1",
-            "--magnifications", "40", "--image-size", "32x24", "--seed", "3"]
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--patients",
+        "1",
+        "--images-per-magnification",
+        "1",
+        "--magnifications",
+        "40",
+        "--image-size",
+        "32x24",
+        "--seed",
+        "3",
+    ]
     assert S.main(argv) == 0
     out, err = capsys.readouterr()
     assert "23 SOB images, 23 patient folders" in out and "all (23)" in out and "100%" in err
@@ -172,10 +196,17 @@ def test_cli_writes_a_tree_and_prints_a_summary(tmp_path, capsys):
     assert S.main([*argv, "--overwrite", "--quiet"]) == 0
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(patients=0), dict(patients="some"), dict(magnifications=[50]), dict(images_per_magnification=0),
-    dict(image_size=(700, 4)), dict(seed=-1),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(patients=0),
+        dict(patients="some"),
+        dict(magnifications=[50]),
+        dict(images_per_magnification=0),
+        dict(image_size=(700, 4)),
+        dict(seed=-1),
+    ],
+)
 def test_bad_arguments_are_refused(tmp_path, kwargs):
     with pytest.raises(ValueError):
         S.write_breakhis_tree(tmp_path, progress=False, **kwargs)

@@ -11,12 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_config
 from flax import nnx
 
-
-import tiny_config
-from bcjax import losses, optimizers, parallel, train
 from bcjax import input_pipeline as ip
+from bcjax import losses, optimizers, parallel, train
 from bcjax.models import create_model
 from bcjax.reports import WorkdirMismatchError
 
@@ -26,10 +25,21 @@ pytestmark = pytest.mark.slow
 
 def _main(workdir, data_dir, *overrides, devices=8, config=None, wait=True, extra_env=None):
     """Runs `python -m bcjax.main` in a fresh process (as a user would)."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
-           "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    command = [sys.executable, "-m", "bcjax.main", f"--config={config or f'tests/tiny_config.py:{data_dir}'}",
-               f"--workdir={workdir}", *overrides]
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "bcjax.main",
+        f"--config={config or f'tests/tiny_config.py:{data_dir}'}",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not wait:
         return process
@@ -62,8 +72,17 @@ def test_run_writes_every_artifact(finished_run):
     split = json.loads((workdir / "split.json").read_text())
     for side in ("validation", "test"):
         report = _report(workdir, side)
-        for key in ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity", "macro_f1",
-                    "patient_recognition_rate", "patient_majority_vote_accuracy", "confusion_matrix"):
+        for key in (
+            "accuracy",
+            "balanced_accuracy",
+            "roc_auc",
+            "sensitivity",
+            "specificity",
+            "macro_f1",
+            "patient_recognition_rate",
+            "patient_majority_vote_accuracy",
+            "confusion_matrix",
+        ):
             assert key in report["overall"], key
         assert set(report["by_magnification"]) == {"40X", "100X", "200X", "400X"}
         assert report["test_images_with_seen_accession"] == 0  # patient-disjoint by default
@@ -93,13 +112,22 @@ def test_same_command_resumes_and_another_config_is_refused(finished_run, prepar
 
 def _step_outputs(data, config, devices, steps=4):
     mesh = parallel.make_mesh(devices)
-    model = create_model("resnet18", "v1.5", "mlp", 2, dtype=jnp.float64, param_dtype=jnp.float64,
-                         rngs=nnx.Rngs(0), hidden=(16,))
+    model = create_model(
+        "resnet18", "v1.5", "mlp", 2, dtype=jnp.float64, param_dtype=jnp.float64, rngs=nnx.Rngs(0), hidden=(16,)
+    )
     tx = optimizers.make_optimizer(config.optimizer, 10)
     graphdef, state = train.initial_state(model, tx)
     loss_fn = losses.make_loss(config.loss.name, num_classes=2)
-    fns = train.make_steps(graphdef, state, tx=tx, mesh=mesh, loss_fn=loss_fn, normalizer=data.normalizer,
-                           target="label", shard_params=len(devices) > 1)
+    fns = train.make_steps(
+        graphdef,
+        state,
+        tx=tx,
+        mesh=mesh,
+        loss_fn=loss_fn,
+        normalizer=data.normalizer,
+        target="label",
+        shard_params=len(devices) > 1,
+    )
     state = jax.device_put(state, fns.state_sharding)
     iterator = iter(data.train(config.batch_size))
     losses_seen = []
@@ -143,8 +171,13 @@ def test_nan_loss_stops_with_the_step_named(prepared_data_dir, tmp_path):
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(prepared_data_dir, tmp_path):
-    overrides = ["--config.total_steps=12", "--config.checkpoint_every_steps=3", "--config.eval_every_steps=6",
-                 "--config.data.height=80", "--config.data.width=80"]
+    overrides = [
+        "--config.total_steps=12",
+        "--config.checkpoint_every_steps=3",
+        "--config.eval_every_steps=6",
+        "--config.data.height=80",
+        "--config.data.width=80",
+    ]
     code, output = _main(tmp_path / "straight", prepared_data_dir, *overrides, devices=2)
     assert code == 0, output[-3000:]
     interrupted = tmp_path / "interrupted"
@@ -189,15 +222,29 @@ def test_two_processes_match_one(prepared_data_dir, tmp_path):
 
     Computed in float64 for the reason given in the 1-vs-8-devices test above.
     """
-    overrides = ["--config.total_steps=4", "--config.evaluation.splits=('test',)", "--config.optimizer.name=sgd",
-                 "--config.optimizer.learning_rate=0.01", "--config.model.dtype=float64"]
+    overrides = [
+        "--config.total_steps=4",
+        "--config.evaluation.splits=('test',)",
+        "--config.optimizer.name=sgd",
+        "--config.optimizer.learning_rate=0.01",
+        "--config.model.dtype=float64",
+    ]
     x64 = {"JAX_ENABLE_X64": "1"}
     code, output = _main(tmp_path / "one", prepared_data_dir, *overrides, devices=8, extra_env=x64)
     assert code == 0, output[-3000:]
     port = 20000 + os.getpid() % 20000
     processes = [
-        _main(tmp_path / "two", prepared_data_dir, *overrides, f"--coordinator_address=127.0.0.1:{port}",
-              "--num_processes=2", f"--process_id={i}", devices=4, wait=False, extra_env=x64)
+        _main(
+            tmp_path / "two",
+            prepared_data_dir,
+            *overrides,
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            devices=4,
+            wait=False,
+            extra_env=x64,
+        )
         for i in range(2)
     ]
     for process in processes:
@@ -210,15 +257,25 @@ def test_two_processes_match_one(prepared_data_dir, tmp_path):
     np.testing.assert_allclose(a["accuracy"], b["accuracy"], atol=1e-6)
 
 
-@pytest.mark.parametrize("recipe, split_check", [
-    ("configs/binary.py", lambda r: r["test_images_with_seen_accession"] == r["images"]),  # recipe A: all leak
-    ("configs/multiclass.py", lambda r: r["test_images_with_seen_patient"] > 0),  # recipe B: images at random
-])
+@pytest.mark.parametrize(
+    "recipe, split_check",
+    [
+        ("configs/binary.py", lambda r: r["test_images_with_seen_accession"] == r["images"]),  # recipe A: all leak
+        ("configs/multiclass.py", lambda r: r["test_images_with_seen_patient"] > 0),  # recipe B: images at random
+    ],
+)
 def test_recipe_configs_run_and_report_their_leakage(recipe, split_check, prepared_data_dir, tmp_path):
-    overrides = ["--config.data.dataset=breakhis/custom", f"--config.data.data_dir={prepared_data_dir}",
-                 "--config.model.arch=resnet18", "--config.data.height=32", "--config.data.width=48",
-                 "--config.total_steps=2", "--config.steps_per_epoch=2", "--config.batch_size=8",
-                 "--config.evaluation.bootstrap_samples=20"]
+    overrides = [
+        "--config.data.dataset=breakhis/custom",
+        f"--config.data.data_dir={prepared_data_dir}",
+        "--config.model.arch=resnet18",
+        "--config.data.height=32",
+        "--config.data.width=48",
+        "--config.total_steps=2",
+        "--config.steps_per_epoch=2",
+        "--config.batch_size=8",
+        "--config.evaluation.bootstrap_samples=20",
+    ]
     code, output = _main(tmp_path, prepared_data_dir, *overrides, config=recipe)
     assert code == 0, output[-3000:]
     report = _report(tmp_path)
@@ -246,6 +303,8 @@ def test_all_folds_report_mean_and_std(prepared_data_dir, tmp_path):
     accuracies = [_report(tmp_path / f"fold_{i}")["overall"]["accuracy"] for i in range(2)]
     assert summary["overall"]["accuracy"]["values"] == accuracies
     assert summary["overall"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
-    tests = [set(json.loads((tmp_path / f"fold_{i}" / "split.json").read_text())["sides"]["test"]["patients"])
-             for i in range(2)]
+    tests = [
+        set(json.loads((tmp_path / f"fold_{i}" / "split.json").read_text())["sides"]["test"]["patients"])
+        for i in range(2)
+    ]
     assert not tests[0] & tests[1]  # each patient tested in one fold only

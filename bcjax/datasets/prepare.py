@@ -15,7 +15,9 @@ _MANUAL_DIR = flags.DEFINE_string(
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where TFDS datasets are written.")
 _CONFIG = flags.DEFINE_enum(
-    "config", "archive", ["archive", "custom"],
+    "config",
+    "archive",
+    ["archive", "custom"],
     "'archive': the published archive, counts checked against the paper; 'custom': any BreakHis-shaped tree.",
 )
 
@@ -26,8 +28,9 @@ def main(argv: list[str]) -> None:
     from bcjax.datasets.breakhis import BreakHisBuildError
 
     try:
-        input_pipeline.prepare(data_dir=_DATA_DIR.value, dataset=f"breakhis/{_CONFIG.value}",
-                               manual_dir=_MANUAL_DIR.value)
+        input_pipeline.prepare(
+            data_dir=_DATA_DIR.value, dataset=f"breakhis/{_CONFIG.value}", manual_dir=_MANUAL_DIR.value
+        )
     except BreakHisBuildError as error:
         sys.exit(f"error: {error}")
 

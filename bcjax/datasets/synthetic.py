@@ -73,14 +73,28 @@ TYPES_BY_CODE = {t.code: t for t in TUMOUR_TYPES}
 # With the duplicated 14-13412 below they make the real archive's 82 folders,
 # 81 slide ids and 70 accession cores when the other folders get unique cores.
 QUIRK_FOLDERS = (
-    ("A", 14, "22549AB"), ("A", 14, "22549CD"), ("A", 14, "22549G"), ("A", 14, "29960CD"),
-    ("F", 14, "21998CD"), ("F", 14, "21998EF"), ("F", 14, "29960AB"),
-    ("F", 14, "14134"), ("F", 14, "14134E"), ("F", 14, "23060AB"), ("F", 14, "23060CD"),
+    ("A", 14, "22549AB"),
+    ("A", 14, "22549CD"),
+    ("A", 14, "22549G"),
+    ("A", 14, "29960CD"),
+    ("F", 14, "21998CD"),
+    ("F", 14, "21998EF"),
+    ("F", 14, "29960AB"),
+    ("F", 14, "14134"),
+    ("F", 14, "14134E"),
+    ("F", 14, "23060AB"),
+    ("F", 14, "23060CD"),
     ("PT", 14, "21998AB"),
-    ("TA", 14, "16184"), ("TA", 14, "16184CD"),
+    ("TA", 14, "16184"),
+    ("TA", 14, "16184CD"),
     ("DC", 14, "13412"),
-    ("LC", 14, "13412"), ("LC", 14, "15570"), ("LC", 14, "15570C"),
-    ("MC", 14, "18842"), ("MC", 14, "18842D"), ("MC", 14, "19979"), ("MC", 14, "19979C"),
+    ("LC", 14, "13412"),
+    ("LC", 14, "15570"),
+    ("LC", 14, "15570C"),
+    ("MC", 14, "18842"),
+    ("MC", 14, "18842D"),
+    ("MC", 14, "19979"),
+    ("MC", 14, "19979C"),
     ("PC", 15, "190EF"),
 )
 # Folders that hold another type's images, byte for byte: (type, year, slide) -> source type.
@@ -159,7 +173,9 @@ def _plan_images(
     """Every image to write; ~3% (at least one) are short, chosen by content so copies agree."""
     jobs = [
         _ImageJob(p, m, s, short=False)
-        for p in patients for m in magnifications for s in range(1, per_magnification + 1)
+        for p in patients
+        for m in magnifications
+        for s in range(1, per_magnification + 1)
     ]
     contents = sorted({job.content_key for job in jobs})
     rng = np.random.default_rng([seed, _crc("short")])
@@ -436,8 +452,14 @@ def _inside(ellipses: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _collagen(rng, view, level: float) -> np.ndarray:
     """Wavy collagen bundles: long faint eosin streaks along a flow field, as strong as the stroma."""
     x, y = _scatter(rng, view, 1 / 200, margin=20)
-    return _ellipses(x, y, rng.uniform(10, 22, x.size), rng.uniform(1.2, 2.5, x.size), _flow(rng, 90)(x, y),
-                     level * rng.uniform(0.3, 0.8, x.size))
+    return _ellipses(
+        x,
+        y,
+        rng.uniform(10, 22, x.size),
+        rng.uniform(1.2, 2.5, x.size),
+        _flow(rng, 90)(x, y),
+        level * rng.uniform(0.3, 0.8, x.size),
+    )
 
 
 def _glands(rng, cx, cy, radius, aspect, nuclear_radius: float, ink, lumen_gap: float):
@@ -446,10 +468,12 @@ def _glands(rng, cx, cy, radius, aspect, nuclear_radius: float, ink, lumen_gap: 
     ra, rb = radius * np.sqrt(aspect), radius / np.sqrt(aspect)
     ex, ey, normal = _ring(cx, cy, ra - 1.2 * nuclear_radius, rb - 1.2 * nuclear_radius, phi, 2.1 * nuclear_radius, rng)
     mx, my, m_normal = _ring(cx, cy, ra + 0.3, rb + 0.3, phi, 5 * nuclear_radius, rng)
-    nuclei = np.concatenate([
-        _nuclei(rng, ex, ey, nuclear_radius, elongation=(1.2, 1.6), theta=normal, ink=ink),
-        _nuclei(rng, mx, my, 0.8 * nuclear_radius, elongation=(3, 4), theta=m_normal + np.pi / 2, ink=(0.8, 1.0)),
-    ])
+    nuclei = np.concatenate(
+        [
+            _nuclei(rng, ex, ey, nuclear_radius, elongation=(1.2, 1.6), theta=normal, ink=ink),
+            _nuclei(rng, mx, my, 0.8 * nuclear_radius, elongation=(3, 4), theta=m_normal + np.pi / 2, ink=(0.8, 1.0)),
+        ]
+    )
     gap = lumen_gap * nuclear_radius
     lumen = _ellipses(cx, cy, np.maximum(ra - gap, 0), np.maximum(rb - gap, 0), phi, 1)
     return nuclei, _ellipses(cx, cy, ra + 0.8, rb + 0.8, phi, 1), lumen
@@ -467,10 +491,17 @@ def _lined(rng, x, y, tangent, half_width, step: float, nuclear_radius: float, *
         for row in range(rows):
             offset = side * (half_width + nuclear_radius * (1.2 + 2.2 * row))
             keep = rng.random(x.size) < 0.9
-            nuclei.append(_nuclei(
-                rng, (x + offset * np.cos(normal))[keep], (y + offset * np.sin(normal))[keep],
-                nuclear_radius, elongation=elongation, theta=normal[keep], ink=ink,
-            ))
+            nuclei.append(
+                _nuclei(
+                    rng,
+                    (x + offset * np.cos(normal))[keep],
+                    (y + offset * np.sin(normal))[keep],
+                    nuclear_radius,
+                    elongation=elongation,
+                    theta=normal[keep],
+                    ink=ink,
+                )
+            )
     band = half_width + nuclear_radius * (0.4 + 2.2 * rows)
     return np.concatenate(nuclei), _ellipses(x, y, step, band, tangent, 1)
 
@@ -484,9 +515,12 @@ def _flow(rng, scale: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A smoothly turning direction field for streaming stroma."""
     base = rng.uniform(0, np.pi)
     angle, phase = rng.uniform(0, np.pi, 2), rng.uniform(0, 2 * np.pi, 2)
-    return lambda x, y: base + 0.7 * np.sin(
-        (x * np.cos(angle[0]) + y * np.sin(angle[0])) / scale + phase[0]
-    ) * np.cos((x * np.cos(angle[1]) + y * np.sin(angle[1])) / scale + phase[1])
+    return lambda x, y: (
+        base
+        + 0.7
+        * np.sin((x * np.cos(angle[0]) + y * np.sin(angle[0])) / scale + phase[0])
+        * np.cos((x * np.cos(angle[1]) + y * np.sin(angle[1])) / scale + phase[1])
+    )
 
 
 # One recipe per tumour type: (rng, view size in world units, look) -> _Tissue.
@@ -529,8 +563,13 @@ def _phyllodes(rng, view, look) -> _Tissue:
     offset = (np.repeat(half, 3) + rng.uniform(8, 22, x.size * 3)) * rng.choice([-1, 1], x.size * 3)
     normal = np.repeat(tangent, 3) + np.pi / 2
     condensed = _nuclei(
-        rng, (np.repeat(x, 3) + offset * np.cos(normal))[near], (np.repeat(y, 3) + offset * np.sin(normal))[near],
-        1.8 * look.nuclear_size, elongation=(3, 5), theta=np.repeat(tangent, 3)[near], ink=(0.9, 1.15),
+        rng,
+        (np.repeat(x, 3) + offset * np.cos(normal))[near],
+        (np.repeat(y, 3) + offset * np.sin(normal))[near],
+        1.8 * look.nuclear_size,
+        elongation=(3, 5),
+        theta=np.repeat(tangent, 3)[near],
+        ink=(0.9, 1.15),
     )
     stroma = _spindles(rng, view, 0.012, look, _flow(rng, 80))
     return _Tissue(np.concatenate([nuclei, condensed, stroma]), epithelium, lumen, stroma_level=0.42)
@@ -563,16 +602,24 @@ def _lobular(rng, view, look) -> _Tissue:
     r = 2.3 * look.nuclear_size
     step = 2.5 * r
     x, y, tangent, _ = _curves(
-        rng, view, (view[0] + view[1]) / 22 * look.density, (0.6 * view[0], 1.4 * view[0]), (3, 10), (60, 130),
-        step, angle=rng.uniform(0, np.pi),
+        rng,
+        view,
+        (view[0] + view[1]) / 22 * look.density,
+        (0.6 * view[0], 1.4 * view[0]),
+        (3, 10),
+        (60, 130),
+        step,
+        angle=rng.uniform(0, np.pi),
     )
     keep = rng.random(x.size) < 0.85
     x, y, tangent = x[keep], y[keep], tangent[keep]
     sx, sy = _scatter(rng, view, 0.003 * look.density)
-    cells = np.concatenate([
-        _nuclei(rng, x, y, r, elongation=(1.1, 1.4), theta=tangent, ink=(1.0, 1.25)),
-        _nuclei(rng, sx, sy, r, ink=(1.0, 1.25)),
-    ])
+    cells = np.concatenate(
+        [
+            _nuclei(rng, x, y, r, elongation=(1.1, 1.4), theta=tangent, ink=(1.0, 1.25)),
+            _nuclei(rng, sx, sy, r, ink=(1.0, 1.25)),
+        ]
+    )
     cytoplasm = _halo(cells, 1.7, 0.8)
     stroma = _spindles(rng, view, 0.002, look)
     return _Tissue(np.concatenate([cells, stroma]), cytoplasm, stroma_level=0.55)
@@ -582,8 +629,9 @@ def _mucinous(rng, view, look) -> _Tissue:
     """Pale blue mucin pools with small floating clusters of tumour cells, thin septa between."""
     r = 2.8 * look.nuclear_size
     px, py = _grid(rng, view, 140, jitter=0.45, margin=80)
-    pools = _ellipses(px, py, rng.uniform(50, 95, px.size), rng.uniform(40, 75, px.size),
-                      rng.uniform(0, np.pi, px.size), 1)
+    pools = _ellipses(
+        px, py, rng.uniform(50, 95, px.size), rng.uniform(40, 75, px.size), rng.uniform(0, np.pi, px.size), 1
+    )
     pool = np.repeat(np.arange(px.size), rng.poisson(2.5 * look.density, px.size))  # a few clusters each
     angle, dist = rng.uniform(0, 2 * np.pi, pool.size), rng.uniform(0, 45, pool.size)
     kx, ky = px[pool] + dist * np.cos(angle), py[pool] + dist * np.sin(angle)
@@ -591,8 +639,9 @@ def _mucinous(rng, view, look) -> _Tissue:
     radius = np.sqrt(cells_per_cluster) * 1.4 * r
     cluster = np.repeat(np.arange(kx.size), cells_per_cluster)
     angle, dist = rng.uniform(0, 2 * np.pi, cluster.size), np.sqrt(rng.random(cluster.size)) * radius[cluster]
-    cells = _nuclei(rng, kx[cluster] + dist * np.cos(angle), ky[cluster] + dist * np.sin(angle), r,
-                    ink=(1.0, 1.3), pleo=0.15)
+    cells = _nuclei(
+        rng, kx[cluster] + dist * np.cos(angle), ky[cluster] + dist * np.sin(angle), r, ink=(1.0, 1.3), pleo=0.15
+    )
     cytoplasm = _ellipses(kx, ky, radius + 2.5 * r, radius + 2 * r, 0, 1)
     stroma = _spindles(rng, view, 0.003, look)
     stroma = stroma[~_inside(pools, stroma[:, 0], stroma[:, 1])]
@@ -614,8 +663,14 @@ def _papillary(rng, view, look) -> _Tissue:
 
 
 _RECIPES: dict[str, Callable[..., _Tissue]] = {
-    "A": _adenosis, "F": _fibroadenoma, "PT": _phyllodes, "TA": _tubular,
-    "DC": _ductal, "LC": _lobular, "MC": _mucinous, "PC": _papillary,
+    "A": _adenosis,
+    "F": _fibroadenoma,
+    "PT": _phyllodes,
+    "TA": _tubular,
+    "DC": _ductal,
+    "LC": _lobular,
+    "MC": _mucinous,
+    "PC": _papillary,
 }
 
 
@@ -678,9 +733,11 @@ class SyntheticSummary:
     def table(self) -> str:
         """Counts in the layout of REFERENCE.md's table: rows per type, class and all."""
         mags = sorted({m for per_mag in self.counts.values() for m in per_mag})
-        groups = [(t.code, [t]) for t in TUMOUR_TYPES] + [
-            (name, [t for t in TUMOUR_TYPES if t.class_name == name]) for name in ("benign", "malignant")
-        ] + [("all", list(TUMOUR_TYPES))]
+        groups = (
+            [(t.code, [t]) for t in TUMOUR_TYPES]
+            + [(name, [t for t in TUMOUR_TYPES if t.class_name == name]) for name in ("benign", "malignant")]
+            + [("all", list(TUMOUR_TYPES))]
+        )
         header = f"{'type (patients)':<18}" + "".join(f"{f'{m}X':>7}" for m in mags) + f"{'total':>8}"
         lines = [header]
         for name, types in groups:
@@ -863,19 +920,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="example: python -m bcjax.datasets.synthetic --out /tmp/breakhis --patients 2 "
         "--images-per-magnification 4 --image-size 175x115 --tar",
     )
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
-                        help="folder to write BreaKHis_v1/ (and the .tar.gz) into")
     parser.add_argument(
-        "--patients", type=_patients_arg, default="full", metavar="full|N",
+        "--out", required=True, type=Path, metavar="DIR", help="folder to write BreaKHis_v1/ (and the .tar.gz) into"
+    )
+    parser.add_argument(
+        "--patients",
+        type=_patients_arg,
+        default="full",
+        metavar="full|N",
         help="'full' for the real 82 patient folders (A 4, F 10, PT 3, TA 7, DC 38, LC 5, MC 9, PC 6), or N "
         "patients per tumour type; the quirk folders are always written, so a type may get more (default: full)",
     )
-    parser.add_argument("--images-per-magnification", type=int, default=3, metavar="N",
-                        help="images per patient and magnification (default: 3)")
-    parser.add_argument("--magnifications", type=int, nargs="+", choices=MAGNIFICATIONS, default=list(MAGNIFICATIONS),
-                        metavar="MAG", help="subset of 40 100 200 400 (default: all four)")
-    parser.add_argument("--image-size", type=_size_arg, default=IMAGE_SIZE, metavar="WxH",
-                        help="width x height; ~3%% of images are 456/460 as high (default: 700x460)")
+    parser.add_argument(
+        "--images-per-magnification",
+        type=int,
+        default=3,
+        metavar="N",
+        help="images per patient and magnification (default: 3)",
+    )
+    parser.add_argument(
+        "--magnifications",
+        type=int,
+        nargs="+",
+        choices=MAGNIFICATIONS,
+        default=list(MAGNIFICATIONS),
+        metavar="MAG",
+        help="subset of 40 100 200 400 (default: all four)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=_size_arg,
+        default=IMAGE_SIZE,
+        metavar="WxH",
+        help="width x height; ~3%% of images are 456/460 as high (default: 700x460)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--tar", action="store_true", help=f"also write OUT/{ARCHIVE_NAME} (top folder {TOP_DIR}/)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/BreaKHis_v1 and archive")
@@ -883,16 +961,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = write_breakhis_tree(
-            args.out, patients=args.patients, images_per_magnification=args.images_per_magnification,
-            magnifications=args.magnifications, image_size=args.image_size, seed=args.seed, tar=args.tar,
-            overwrite=args.overwrite, progress=not args.quiet,
+            args.out,
+            patients=args.patients,
+            images_per_magnification=args.images_per_magnification,
+            magnifications=args.magnifications,
+            image_size=args.image_size,
+            seed=args.seed,
+            tar=args.tar,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
         )
     except (FileExistsError, ValueError) as error:
         parser.error(str(error))
     rate = summary.num_images / max(summary.seconds, 1e-9)
     print(summary.table())
-    print(f"\n{summary.num_images} SOB images, {sum(summary.patients.values())} patient folders, "
-          f"{summary.bytes_written / 1e6:.1f} MB written in {summary.seconds:.1f} s ({rate:.0f} images/s)")
+    print(
+        f"\n{summary.num_images} SOB images, {sum(summary.patients.values())} patient folders, "
+        f"{summary.bytes_written / 1e6:.1f} MB written in {summary.seconds:.1f} s ({rate:.0f} images/s)"
+    )
     print(f"tree: {summary.root}" + (f"\narchive: {summary.tar_path}" if summary.tar_path else ""))
     print("quirks:\n" + "\n".join(f"  - {q}" for q in summary.quirks))
     return 0

@@ -5,6 +5,15 @@ from bcjax.models.heads import HEADS, LinearHead, MLPHead, recipe_a_head
 from bcjax.models.resnet import ARCHITECTURES, BN_EPSILON, LAYOUTS, ResidualBlock, ResNet
 
 __all__ = [
-    "ARCHITECTURES", "BN_EPSILON", "HEADS", "LAYOUTS", "Classifier", "LinearHead", "MLPHead",
-    "ResNet", "ResidualBlock", "create_model", "recipe_a_head",
+    "ARCHITECTURES",
+    "BN_EPSILON",
+    "HEADS",
+    "LAYOUTS",
+    "Classifier",
+    "LinearHead",
+    "MLPHead",
+    "ResNet",
+    "ResidualBlock",
+    "create_model",
+    "recipe_a_head",
 ]

@@ -50,6 +50,7 @@ def create_model(
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
     backbone = ResNet(arch, layout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    head_module = HEADS[head](backbone.num_features, num_classes, dtype=dtype, param_dtype=param_dtype,
-                              rngs=rngs, **head_kwargs)
+    head_module = HEADS[head](
+        backbone.num_features, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **head_kwargs
+    )
     return Classifier(backbone, head_module)

@@ -19,8 +19,9 @@ ACTIVATIONS = {"relu": nnx.relu, "gelu": nnx.gelu, "silu": nnx.silu, "tanh": jnp
 class LinearHead(nnx.Module):
     """Dense(num_classes) on the features."""
 
-    def __init__(self, in_features: int, num_classes: int, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, in_features: int, num_classes: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs
+    ):
         self.dense = nnx.Linear(in_features, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -34,15 +35,25 @@ class MLPHead(nnx.Module):
     (Dense 1024 -> Dropout 0.4 -> ReLU -> Dense 1).
     """
 
-    def __init__(self, in_features: int, num_classes: int, *, hidden: Sequence[int] = (1024,),
-                 dropout: float = 0.0, activation: str = "relu", dropout_first: bool = False,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        hidden: Sequence[int] = (1024,),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        dropout_first: bool = False,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         sizes = (in_features, *hidden)
-        self.hidden = nnx.List([
-            nnx.Linear(a, b, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for a, b in zip(sizes, sizes[1:])
-        ])
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for a, b in zip(sizes, sizes[1:])]
+        )
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.activation = activation
         self.dropout_first = dropout_first
@@ -58,8 +69,9 @@ class MLPHead(nnx.Module):
 
 def recipe_a_head(in_features: int, num_classes: int = 1, **kwargs) -> MLPHead:
     """Recipe A (Abu Al-Haija & Manasra): Dense 1024 -> Dropout 0.4 -> ReLU -> Dense."""
-    return MLPHead(in_features, num_classes, hidden=(1024,), dropout=0.4, activation="relu",
-                   dropout_first=True, **kwargs)
+    return MLPHead(
+        in_features, num_classes, hidden=(1024,), dropout=0.4, activation="relu", dropout_first=True, **kwargs
+    )
 
 
 HEADS = {"linear": LinearHead, "mlp": MLPHead, "recipe_a": recipe_a_head}

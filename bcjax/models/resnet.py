@@ -44,9 +44,18 @@ _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-                         precision=None, **kwargs) -> jax.Array:
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+    **kwargs,
+) -> jax.Array:
     """`jax.lax.conv_general_dilated`, except that on CPUs a 1x1 NHWC convolution is a matrix product.
 
     XLA:CPU runs its matrix products much faster than its convolutions: on ResNet-50's 1x1
@@ -55,17 +64,36 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
     differs. Other platforms (cuDNN) and other kernels keep the convolution.
     """
     pointwise = (
-        jax.default_backend() == "cpu" and rhs.shape[:2] == (1, 1) and feature_group_count == 1
-        and all(tuple(p) == (0, 0) for p in padding) and set(lhs_dilation or (1,)) == {1}
-        and set(rhs_dilation or (1,)) == {1} and kwargs.get("out_sharding") is None
+        jax.default_backend() == "cpu"
+        and rhs.shape[:2] == (1, 1)
+        and feature_group_count == 1
+        and all(tuple(p) == (0, 0) for p in padding)
+        and set(lhs_dilation or (1,)) == {1}
+        and set(rhs_dilation or (1,)) == {1}
+        and kwargs.get("out_sharding") is None
         and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     )
     if not pointwise:
-        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                            dimension_numbers, feature_group_count, precision=precision, **kwargs)
+        return jax.lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
     (sh, sw) = window_strides
-    return jax.lax.dot_general(lhs[:, ::sh, ::sw], rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision,
-                               preferred_element_type=kwargs.get("preferred_element_type"))
+    return jax.lax.dot_general(
+        lhs[:, ::sh, ::sw],
+        rhs[0, 0],
+        (((3,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=kwargs.get("preferred_element_type"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +108,16 @@ class _Layers:
     def conv(self, cin: int, cout: int, size: int, stride: int = 1, *, use_bias: bool = False) -> nnx.Conv:
         pad = size // 2
         return nnx.Conv(
-            cin, cout, (size, size), (stride, stride),
-            padding=((pad, pad), (pad, pad)), use_bias=use_bias, kernel_init=_CONV_INIT,
-            dtype=self.dtype, param_dtype=self.param_dtype, rngs=self.rngs,
+            cin,
+            cout,
+            (size, size),
+            (stride, stride),
+            padding=((pad, pad), (pad, pad)),
+            use_bias=use_bias,
+            kernel_init=_CONV_INIT,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            rngs=self.rngs,
             conv_general_dilated=conv_general_dilated,
         )
 
@@ -91,8 +126,13 @@ class _Layers:
         # catastrophically when the mean dominates, so batch statistics (and
         # training) would depend on the summation order, i.e. on the device count.
         bn = nnx.BatchNorm(
-            features, momentum=BN_MOMENTUM, epsilon=self.epsilon, use_fast_variance=False,
-            dtype=self.dtype, param_dtype=self.param_dtype, rngs=self.rngs,
+            features,
+            momentum=BN_MOMENTUM,
+            epsilon=self.epsilon,
+            use_fast_variance=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            rngs=self.rngs,
         )
         if jnp.finfo(self.param_dtype).bits > 32:
             # Flax keeps batch statistics in float32 whatever param_dtype says; a float64 model

@@ -22,7 +22,6 @@ from bcjax.models.classifier import Classifier, create_model
 from bcjax.models.heads import HEADS
 from bcjax.models.resnet import ARCHITECTURES, LAYOUTS
 
-
 _ORDER = ("stem", "stage1", "stage2", "stage3", "stage4", "post_bn", "head")
 
 
@@ -54,8 +53,9 @@ def forward_flops(model: Classifier, height: int, width: int) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bcjax.models.summary", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bcjax.models.summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("arch", choices=list(ARCHITECTURES))
     parser.add_argument("--layout", choices=LAYOUTS, default="v1.5")
     parser.add_argument("--head", choices=sorted(HEADS), default="linear")
@@ -64,8 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=224)
     args = parser.parse_args(argv)
 
-    model = nnx.eval_shape(lambda: create_model(args.arch, args.layout, args.head, args.num_classes,
-                                                rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: create_model(args.arch, args.layout, args.head, args.num_classes, rngs=nnx.Rngs(0)))
     counts = parameter_counts(model)
     total = sum(counts.values())
     print(f"{args.arch} layout={args.layout} head={args.head} num_classes={args.num_classes}")
@@ -74,8 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  {'backbone':<8} {total - counts['head']:>13,}")
     print(f"  {'total':<8} {total:>13,}")
     flops = forward_flops(model, args.height, args.width)
-    print(f"FLOPs per {args.height}x{args.width} image (XLA cost analysis, padding excluded):"
-          f" {flops / 1e9:.2f} GFLOPs = {flops / 2e9:.2f} GMACs")
+    print(
+        f"FLOPs per {args.height}x{args.width} image (XLA cost analysis, padding excluded):"
+        f" {flops / 1e9:.2f} GFLOPs = {flops / 2e9:.2f} GMACs"
+    )
     return 0
 
 

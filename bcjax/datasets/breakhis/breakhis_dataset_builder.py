@@ -147,9 +147,7 @@ def is_source_image(name: str) -> bool:
 def find_images(top: epath.Path) -> tuple[list[SourceImage], list[str]]:
     """Lists the SOB images below `top` (the `BreaKHis_v1` folder), sorted, and the bad names."""
     images, errors = [], []
-    relpaths = sorted(
-        str(path.relative_to(top.parent)) for path in _walk_files(top) if is_source_image(path.name)
-    )
+    relpaths = sorted(str(path.relative_to(top.parent)) for path in _walk_files(top) if is_source_image(path.name))
     for filename in relpaths:
         fields, error = parse_filename(filename)
         if error:
@@ -200,8 +198,7 @@ def safe_extract(archive: epath.Path, target: epath.Path) -> None:
             if unsafe:
                 raise BreakHisBuildError(
                     f"{archive} has {len(unsafe)} member(s) that would escape the extraction "
-                    "folder (absolute paths, '..', links or devices); nothing was extracted:\n  "
-                    + "\n  ".join(unsafe)
+                    "folder (absolute paths, '..', links or devices); nothing was extracted:\n  " + "\n  ".join(unsafe)
                 )
             wanted = [m for m in members if m.isfile() and is_source_image(m.name.rsplit("/", 1)[-1])]
             for member in tfds.core.utils.tqdm(wanted, desc="Extracting BreakHis", unit=" files"):
@@ -285,16 +282,18 @@ class BuildSummary:
     def report(self) -> str:
         s = self.to_json()
         fmt = lambda counts, order: ", ".join(f"{k} {counts.get(k, 0)}" for k in order)  # noqa: E731
-        return "\n".join([
-            f"BreakHis: {s['images']} images, {s['patients']} patient folders, "
-            f"{s['accession_groups']} accession groups",
-            f"  class:         {fmt(s['by_class'], CLASSES)}",
-            f"  tumour type:   {fmt(s['by_tumor_type'], PUBLISHED_IMAGES)}",
-            f"  magnification: {fmt(s['by_magnification'], MAGNIFICATIONS)}",
-            f"  image sizes:   {', '.join(f'{k} {v}' for k, v in sorted(s['image_sizes'].items()))}",
-            f"  byte-identical duplicates: {s['byte_identical_groups']} groups, "
-            f"{s['byte_identical_images']} images",
-        ])
+        return "\n".join(
+            [
+                f"BreakHis: {s['images']} images, {s['patients']} patient folders, "
+                f"{s['accession_groups']} accession groups",
+                f"  class:         {fmt(s['by_class'], CLASSES)}",
+                f"  tumour type:   {fmt(s['by_tumor_type'], PUBLISHED_IMAGES)}",
+                f"  magnification: {fmt(s['by_magnification'], MAGNIFICATIONS)}",
+                f"  image sizes:   {', '.join(f'{k} {v}' for k, v in sorted(s['image_sizes'].items()))}",
+                f"  byte-identical duplicates: {s['byte_identical_groups']} groups, "
+                f"{s['byte_identical_images']} images",
+            ]
+        )
 
 
 @dataclasses.dataclass
@@ -328,15 +327,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=CLASSES),
-                "tumor_type": tfds.features.ClassLabel(names=[t[0] for t in TUMOR_TYPES]),
-                "magnification": tfds.features.ClassLabel(names=MAGNIFICATIONS),
-                "patient_id": tfds.features.Text(),
-                "accession": tfds.features.Text(),
-                "filename": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=CLASSES),
+                    "tumor_type": tfds.features.ClassLabel(names=[t[0] for t in TUMOR_TYPES]),
+                    "magnification": tfds.features.ClassLabel(names=MAGNIFICATIONS),
+                    "patient_id": tfds.features.Text(),
+                    "accession": tfds.features.Text(),
+                    "filename": tfds.features.Text(),
+                }
+            ),
             supervised_keys=("image", "label"),
             disable_shuffling=True,
             homepage="https://web.inf.ufpr.br/vri/databases/breast-cancer-histopathological-database-breakhis/",
@@ -390,11 +391,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if self.builder_config.check_counts:
             differences = summary.differences_from_published()
             if differences:
-                raise BreakHisBuildError(_error_list(
-                    "counts differ from the published BreaKHis_v1 archive (a partial download or "
-                    "extraction is the usual cause; to build a subset or synthetic tree on purpose, "
-                    "use the 'breakhis/custom' config)", differences,
-                ))
+                raise BreakHisBuildError(
+                    _error_list(
+                        "counts differ from the published BreaKHis_v1 archive (a partial download or "
+                        "extraction is the usual cause; to build a subset or synthetic tree on purpose, "
+                        "use the 'breakhis/custom' config)",
+                        differences,
+                    )
+                )
         print(summary.report())
         self.data_path.mkdir(parents=True, exist_ok=True)
         (self.data_path / "build_summary.json").write_text(json.dumps(summary.to_json(), indent=2))

@@ -18,8 +18,7 @@ class BreakHisTest(tfds.testing.DatasetBuilderTestCase):
     def _make_builder(self, config=None):
         # The standard checks read through `as_dataset` (tf.data), which ArrayRecord,
         # our default format, does not offer; tests/ cover the ArrayRecord path.
-        return self.dataset_class(data_dir=self.tmp_dir, config=config, version=self.VERSION,
-                                  file_format="tfrecord")
+        return self.dataset_class(data_dir=self.tmp_dir, config=config, version=self.VERSION, file_format="tfrecord")
 
 
 if __name__ == "__main__":
