@@ -1,10 +1,9 @@
-"""Image operations for histopathology: resizing, augmentation, stain and colour normalisation.
+"""Image operations for histopathology on the host: resizing, augmentation, HED jitter, Macenko.
 
 Augmentation is split in two: `sample_params` draws every random choice for one
 image, `apply_params` applies them deterministically. A device-side
-implementation can then be checked against this one parameter for parameter.
-Normalisers are written with array operators only, so the same object works on
-NumPy batches on the host and on `jax.Array`s inside a jitted step.
+implementation (`bcjax.augment_device`) can then be checked against this one
+parameter for parameter. Pixel normalisation lives in `bcjax.normalization`.
 """
 
 from __future__ import annotations
@@ -14,10 +13,6 @@ import math
 
 import numpy as np
 from PIL import Image
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 # Colour deconvolution for haematoxylin, eosin and DAB (Ruifrok & Johnston 2001).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
@@ -175,71 +170,3 @@ def macenko_normalize(
     concentrations *= (MACENKO_REFERENCE_MAX_CONCENTRATIONS / max_conc)[:, None]
     normalized = intensity * np.exp(-MACENKO_REFERENCE_STAINS @ concentrations)
     return np.clip(normalized.T, 0, 255).astype(np.uint8).reshape(shape)
-
-
-# ----------------------------------------------------------------------------- normalisation
-
-
-@dataclasses.dataclass(frozen=True)
-class Normalizer:
-    """Maps uint8 RGB pixels to model inputs: `(x[..., channels] * scale - mean) / std`.
-
-    Plain arithmetic on arrays, so it runs on NumPy and inside a jitted step alike.
-    """
-
-    name: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: float = 1.0
-    bgr: bool = False
-
-    def __call__(self, images):
-        x = images[..., ::-1] if self.bgr else images
-        mean = np.asarray(self.mean, np.float32)
-        inv_std = np.asarray(1.0 / np.asarray(self.std), np.float32)
-        return (x.astype(np.float32) * np.float32(self.scale) - mean) * inv_std
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-NORMALIZATIONS = ("imagenet", "caffe", "tf", "unit", "zscore")
-
-
-def make_normalizer(name: str, train_images: np.ndarray | None = None) -> Normalizer:
-    """The named normalisation; `zscore` needs the training images (recipe B's statistics).
-
-    imagenet: torchvision/timm weights (RGB in [0, 1], ImageNet mean/std);
-    caffe: Keras ResNet50 v1 weights (BGR, minus the ImageNet mean in 0..255);
-    tf: Keras ResNet50V2 weights (scaled to [-1, 1]); unit: [0, 1];
-    zscore: per-channel mean/std of the training images.
-    """
-    if name == "imagenet":
-        return Normalizer(name, IMAGENET_MEAN, IMAGENET_STD, scale=1 / 255)
-    if name == "caffe":
-        return Normalizer(name, CAFFE_BGR_MEAN, (1.0, 1.0, 1.0), bgr=True)
-    if name == "tf":
-        return Normalizer(name, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), scale=2 / 255)
-    if name == "unit":
-        return Normalizer(name, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), scale=1 / 255)
-    if name == "zscore":
-        if train_images is None or len(train_images) == 0:
-            raise ValueError("zscore normalisation needs the training images to compute its statistics")
-        mean, std = channel_statistics(train_images)
-        return Normalizer(name, mean, std, scale=1 / 255)
-    raise ValueError(f"Unknown normalisation {name!r}; choose one of {', '.join(NORMALIZATIONS)}")
-
-
-def channel_statistics(images: np.ndarray, chunk: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks to bound memory."""
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
-    count = 0
-    for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
-        total += block.sum(0)
-        total_sq += np.square(block).sum(0)
-        count += len(block)
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -16,13 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bcjax import augment as aug
+from bcjax import augment
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32/bfloat16 passes on GPUs: colours must match the host
 
 
 def sample_params_device(
-    config: aug.AugmentConfig, key: jax.Array, batch: int, height: int, width: int
+    config: augment.AugmentConfig, key: jax.Array, batch: int, height: int, width: int
 ) -> dict[str, jax.Array]:
     """Draws the parameters of `batch` images of `height` x `width`, as arrays with a leading batch axis."""
     keys = jax.random.split(key, 8)
@@ -43,7 +43,7 @@ def sample_params_device(
 
 
 def _sample_crop(
-    config: aug.AugmentConfig, key: jax.Array, batch: int, height: int, width: int
+    config: augment.AugmentConfig, key: jax.Array, batch: int, height: int, width: int
 ) -> dict[str, jax.Array]:
     """Inception-style crop boxes (y0, x0, h, w) in pixels, as `augment._sample_crop` draws them."""
     full = lambda v: jnp.full((batch,), v, jnp.float32)  # noqa: E731
@@ -60,7 +60,7 @@ def _sample_crop(
     return {"y0": y0, "x0": x0, "h": h, "w": w}
 
 
-def params_from_host(params: Sequence[aug.AugmentParams]) -> dict[str, jax.Array]:
+def params_from_host(params: Sequence[augment.AugmentParams]) -> dict[str, jax.Array]:
     """Host `AugmentParams` of a batch in the layout of `sample_params_device`."""
     column = lambda f, dtype: jnp.asarray(np.array([f(p) for p in params], dtype))  # noqa: E731
     return {
@@ -132,6 +132,6 @@ def _rotate90(image: jax.Array, k: jax.Array) -> jax.Array:
 def hed_jitter_device(pixels: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
     """`augment.hed_jitter`: hed' = hed * scale + shift in optical density."""
     od = -jnp.log((pixels + 1.0) / 256.0)
-    hed = jnp.matmul(od, aug.HED_FROM_RGB, precision=_HIGHEST)
-    od = jnp.matmul(hed * scale + shift, aug.RGB_FROM_HED, precision=_HIGHEST)
+    hed = jnp.matmul(od, augment.HED_FROM_RGB, precision=_HIGHEST)
+    od = jnp.matmul(hed * scale + shift, augment.RGB_FROM_HED, precision=_HIGHEST)
     return 256.0 * jnp.exp(-od) - 1.0

@@ -18,20 +18,21 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 
 class Checkpoints:
-    """Saves and restores `{state, iterator}` under `<workdir>/checkpoints`."""
+    """Saves and restores `{state, iterator}` under `<workdir>/checkpoints`.
 
-    def __init__(
-        self, directory: str | epath.Path, *, keep: int = 2, best_metric: str | None = None, best_mode: str = "max"
-    ):
+    `best_metric` ranks checkpoints, higher is better (config.best_metric); a checkpoint whose
+    metric is missing or not finite ranks last.
+    """
+
+    def __init__(self, directory: str | epath.Path, *, keep: int = 2, best_metric: str | None = None):
         self.best_metric = best_metric
         keep_policies: list = [policies.LatestN(n=keep)]
         options = dict(create=True, enable_async_checkpointing=False)
         if best_metric:
-            reverse = best_mode == "min"
             keep_policies.append(
-                policies.BestN(get_metric_fn=self._metric, reverse=reverse, n=1, keep_checkpoints_without_metrics=False)
+                policies.BestN(get_metric_fn=self._metric, reverse=False, n=1, keep_checkpoints_without_metrics=False)
             )
-            options.update(best_fn=self._metric, best_mode=best_mode)
+            options.update(best_fn=self._metric, best_mode="max")
         self.manager = ocp.CheckpointManager(
             epath.Path(directory),
             options=ocp.CheckpointManagerOptions(

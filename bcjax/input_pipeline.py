@@ -9,15 +9,13 @@ memory. Batches carry uint8 pixels (4x less to move than float32); the
 Reading never imports TensorFlow: records come through `tfds.data_source`
 (ArrayRecord) and images are decoded with Pillow.
 
-When the decoded training images fit in device memory, `DeviceData` keeps them
-on the devices and `device_batch` draws and augments each batch inside the
-jitted step, so no step waits for the host.
+`InputData.on_devices` puts the decoded training images on the devices (bcjax.device_data),
+where each batch is drawn and augmented inside the jitted step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import math
 import sys
@@ -26,16 +24,18 @@ from typing import Any
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from bcjax import augment as aug
-from bcjax import augment_device, parallel
-from bcjax.datasets import splits as splits_lib
+from bcjax import normalization
+from bcjax.augment import AugmentConfig, RandomAugment, macenko_normalize, resize
+from bcjax.datasets import splits
+from bcjax.datasets.breakhis import MAGNIFICATIONS, TARGET_CLASSES
+from bcjax.device_data import DeviceData
 
-TARGETS = ("label", "tumor_type")
 STAIN_NORMALIZATIONS = ("none", "macenko")
 _METADATA_CHUNK = 256
 
@@ -46,33 +46,54 @@ class DataNotFoundError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-    """Everything the input pipeline needs; mirrors `config.data` field for field."""
+    """The input pipeline's view of `config.data` and `config.seed`; build it with `from_config`.
 
-    data_dir: str = "~/tensorflow_datasets"
-    dataset: str = "breakhis/archive"  # TFDS name/config: 'archive' (published) or 'custom'
-    manual_dir: str | None = None  # where BreaKHis_v1.tar.gz lies; builds the dataset if missing
-    split: str = "patient_kfold"  # a protocol of bcjax.datasets.splits
-    split_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    magnification: str | None = None  # one of 40X/100X/200X/400X (MSB/MSM tasks) or all
-    height: int = 224
-    width: int = 224
-    target: str = "label"  # 'label' (benign/malignant) or 'tumor_type' (8 classes)
-    normalization: str = "imagenet"  # see bcjax.augment.make_normalizer
-    stain_normalization: str = "none"  # 'macenko' (recipe D), applied once before caching
-    augment: aug.AugmentConfig = aug.AugmentConfig()
-    balance: bool = False  # oversample the target's classes to equal counts (recipe B)
-    seed: int = 0
-    decode_threads: int = 2
+    No field has a default here: configs/default.py is the one place they are declared.
+    """
+
+    data_dir: str  # folder holding the prepared TFDS dataset
+    dataset: str  # TFDS name/config: 'breakhis/archive' (published) or 'breakhis/custom'
+    manual_dir: str | None  # where BreaKHis_v1.tar.gz lies; builds the dataset if missing
+    split: str  # a protocol of bcjax.datasets.splits
+    split_kwargs: Mapping[str, Any]
+    magnification: str | None  # one of 40X/100X/200X/400X (MSB/MSM tasks), None for all
+    height: int
+    width: int
+    target: str  # 'label' (benign/malignant) or 'tumor_type' (8 classes)
+    normalization: str  # a name of bcjax.augment.make_normalizer ('auto' resolved by the caller)
+    stain_normalization: str  # 'macenko' (recipe D), applied once before caching
+    augment: AugmentConfig
+    balance: bool  # oversample the target's classes to equal counts (recipe B)
+    decode_threads: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, **resolved: Any) -> InputConfig:
+        """`config.data`'s fields of the same names and `config.seed`, then the values the run `resolved`.
+
+        A field added here without its twin in configs/default.py fails here, for every config.
+        """
+        data = config.data
+        values = {field.name: data[field.name] for field in dataclasses.fields(cls) if field.name in data}
+        augment = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in data.augment.items()}
+        values.update(
+            seed=config.seed,
+            magnification=data.magnification or None,
+            split_kwargs=data.split_kwargs.to_dict(),
+            augment=AugmentConfig(**augment),
+        )
+        return cls(**{**values, **resolved})
 
     def __post_init__(self):
-        if self.target not in TARGETS:
-            raise ValueError(f"data.target must be one of {TARGETS}, got {self.target!r}")
+        if self.target not in TARGET_CLASSES:
+            raise ValueError(f"data.target must be one of {tuple(TARGET_CLASSES)}, got {self.target!r}")
         if self.stain_normalization not in STAIN_NORMALIZATIONS:
             raise ValueError(
                 f"data.stain_normalization must be one of {STAIN_NORMALIZATIONS}, got {self.stain_normalization!r}"
             )
-        if self.normalization not in aug.NORMALIZATIONS:
-            raise ValueError(f"data.normalization must be one of {aug.NORMALIZATIONS}, got {self.normalization!r}")
+        if self.normalization not in normalization.NORMALIZATIONS:
+            names = normalization.NORMALIZATIONS
+            raise ValueError(f"data.normalization must be one of {names}, got {self.normalization!r}")
 
 
 # ----------------------------------------------------------------------------- source and metadata
@@ -118,24 +139,24 @@ def missing_dataset_message(data_dir: str, dataset: str) -> str:
     )
 
 
-def read_table(source) -> splits_lib.ImageTable:
+def read_table(source) -> splits.ImageTable:
     """The per-image metadata of every record, in record order."""
     records = []
     for start in range(0, len(source), _METADATA_CHUNK):
         chunk = source.__getitems__(range(start, min(start + _METADATA_CHUNK, len(source))))
         records.extend(_metadata(r) for r in chunk)
-    return splits_lib.ImageTable.from_records(records)
+    return splits.ImageTable.from_records(records)
 
 
 def _metadata(record: Mapping[str, Any]) -> dict[str, Any]:
-    text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+    """A record's metadata; the magnification ClassLabel id as its name (the builder's MAGNIFICATIONS order)."""
     return {
-        "filename": text(record["filename"]),
-        "patient_id": text(record["patient_id"]),
-        "accession": text(record["accession"]),
+        "filename": splits.as_text(record["filename"]),
+        "patient_id": splits.as_text(record["patient_id"]),
+        "accession": splits.as_text(record["accession"]),
         "label": int(record["label"]),
         "tumor_type": int(record["tumor_type"]),
-        "magnification": splits_lib.MAGNIFICATIONS[int(record["magnification"])],
+        "magnification": MAGNIFICATIONS[int(record["magnification"])],
     }
 
 
@@ -146,9 +167,9 @@ def decode_image(png: bytes, height: int, width: int, stain_normalization: str =
     """PNG bytes -> uint8 RGB at the working resolution (stain-normalised if asked)."""
     with Image.open(io.BytesIO(png)) as image:
         image.draft("RGB", (width, height))
-        pixels = aug.resize(np.asarray(image.convert("RGB")), height, width)
+        pixels = resize(np.asarray(image.convert("RGB")), height, width)
     if stain_normalization == "macenko":
-        pixels = aug.macenko_normalize(pixels)
+        pixels = macenko_normalize(pixels)
     return pixels
 
 
@@ -222,11 +243,11 @@ def balanced_rows(rows: np.ndarray, classes: np.ndarray, seed: int) -> np.ndarra
 class _Lookup:
     """Row -> example dict from the cache and the table."""
 
-    def __init__(self, cache: DecodedCache, table: splits_lib.ImageTable):
+    def __init__(self, cache: DecodedCache, table: splits.ImageTable):
         self.cache = cache
         self.label = table.label.astype(np.int32)
         self.tumor_type = table.tumor_type.astype(np.int32)
-        self.magnification = np.array([splits_lib.MAGNIFICATIONS.index(m) for m in table.magnification], np.int32)
+        self.magnification = np.array([MAGNIFICATIONS.index(m) for m in table.magnification], np.int32)
 
     def __call__(self, row: int) -> dict[str, np.ndarray]:
         row = int(row)
@@ -241,12 +262,12 @@ class _Lookup:
 
 def train_dataset(
     cache: DecodedCache,
-    table: splits_lib.ImageTable,
+    table: splits.ImageTable,
     rows: np.ndarray,
     *,
     global_batch: int,
     seed: int,
-    augment: aug.AugmentConfig = aug.AugmentConfig(),
+    augment: AugmentConfig = AugmentConfig(),
     process_index: int = 0,
     process_count: int = 1,
     threads: int = 2,
@@ -264,7 +285,7 @@ def train_dataset(
     sequence = grain.MapDataset.source(np.asarray(rows)).seed(seed).shuffle().repeat()
     sequence = sequence.map(_Lookup(cache, table))
     if augment.enabled:
-        sequence = sequence.random_map(aug.RandomAugment(augment))
+        sequence = sequence.random_map(RandomAugment(augment))
     position = lambda k: (k // local_batch) * global_batch + process_index * local_batch + k % local_batch  # noqa: E731
     mine = grain.MapDataset.range(sys.maxsize).map(lambda k: sequence[position(k)])
     mine = mine.batch(local_batch, drop_remainder=True)
@@ -273,7 +294,7 @@ def train_dataset(
 
 def eval_batches(
     cache: DecodedCache,
-    table: splits_lib.ImageTable,
+    table: splits.ImageTable,
     rows: np.ndarray,
     *,
     local_batch: int,
@@ -325,17 +346,17 @@ class InputData:
     """The split, the decoded cache and the normaliser of one run, ready to make iterators."""
 
     config: InputConfig
-    table: splits_lib.ImageTable
-    split: splits_lib.Split
+    table: splits.ImageTable
+    split: splits.Split
     cache: DecodedCache
     train_rows: np.ndarray  # the training rows (oversampled when balancing)
-    normalizer: aug.Normalizer
+    normalizer: normalization.Normalizer
     process_index: int = 0
     process_count: int = 1
 
     @property
     def num_classes(self) -> int:
-        return 2 if self.config.target == "label" else len(splits_lib.TUMOR_TYPES)
+        return len(TARGET_CLASSES[self.config.target])
 
     def train(self, global_batch: int) -> grain.IterDataset:
         """This process's part of each global training batch."""
@@ -366,16 +387,15 @@ class InputData:
             "magnification": lookup.magnification[padded],
             "index": padded.astype(np.int32),
         }
-        images = self.cache.images[np.searchsorted(self.cache.rows, padded)]
-        replicated = parallel.replicated(mesh)
-        return DeviceData(
-            images=_put(images, parallel.batch_sharding(mesh) if shard else replicated),
-            examples={k: _put(v, replicated) for k, v in examples.items()},
-            positions=_put(positions.astype(np.int32), replicated),
+        return DeviceData.put(
+            self.cache.images[np.searchsorted(self.cache.rows, padded)],
+            examples,
+            positions.astype(np.int32),
             mesh=mesh,
             global_batch=global_batch,
             seed=self.config.seed,
             augment=self.config.augment,
+            shard=shard,
         )
 
     def evaluate(self, side: str, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
@@ -394,7 +414,7 @@ def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1,
     """Opens the dataset, splits it, and decodes the images this process needs, once."""
     source = open_source(config.data_dir, config.dataset, config.manual_dir)
     table = read_table(source)
-    split = splits_lib.make_split(table, config.split, magnification=config.magnification, **config.split_kwargs)
+    split = splits.make_split(table, config.split, magnification=config.magnification, **config.split_kwargs)
     train = split.train
     if config.balance:
         train = balanced_rows(train, getattr(table, config.target), config.seed)
@@ -423,83 +443,9 @@ def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1,
     )
 
 
-def _normalizer(config: InputConfig, cache: DecodedCache, train_rows: np.ndarray) -> aug.Normalizer:
+def _normalizer(config: InputConfig, cache: DecodedCache, train_rows: np.ndarray) -> normalization.Normalizer:
     """The configured normaliser; z-score statistics come from the training images."""
     if config.normalization != "zscore":
-        return aug.make_normalizer(config.normalization)
+        return normalization.make_normalizer(config.normalization)
     positions = np.searchsorted(cache.rows, train_rows)
-    return aug.make_normalizer("zscore", cache.images[positions])
-
-
-# ----------------------------------------------------------------------------- device-resident training data
-
-CPU_DEVICE_BYTES = 1 << 30  # CPU devices report no memory; their copies share host RAM with the decoded cache
-
-
-def fits_on_device(nbytes: int, devices: Sequence[jax.Device], fraction: float = 0.5) -> bool:
-    """Whether `nbytes` on each device stays within `fraction` of its free memory.
-
-    The rest is left to the model, its activations and XLA's workspace. Devices
-    without memory statistics (CPU) all draw on host RAM: there the copies of all
-    `devices` together must stay below `CPU_DEVICE_BYTES`.
-    """
-    stats = [device.memory_stats() or {} for device in devices]
-    if not all("bytes_limit" in s for s in stats):
-        return nbytes * len(devices) <= CPU_DEVICE_BYTES
-    return all(nbytes <= fraction * (s["bytes_limit"] - s.get("bytes_in_use", 0)) for s in stats)
-
-
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["images", "examples", "positions"],
-    meta_fields=["mesh", "global_batch", "seed", "augment"],
-)
-@dataclasses.dataclass(frozen=True)
-class DeviceData:
-    """The training images on the devices and how batches are drawn from them (`device_batch`).
-
-    A pytree whose arrays a jitted step takes as an argument: as a closure they
-    would be baked into the program as constants.
-    """
-
-    images: jax.Array  # [N, H, W, 3] uint8: each distinct training image once, N padded to a multiple of devices
-    examples: dict[str, jax.Array]  # label, tumor_type, magnification and index (table row) per image, replicated
-    positions: jax.Array  # image position of every training row (rows repeat when balancing), replicated
-    mesh: jax.sharding.Mesh
-    global_batch: int
-    seed: int
-    augment: aug.AugmentConfig
-
-
-def _put(values: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
-    """A global array from the full copy every process holds."""
-    return jax.make_array_from_callback(values.shape, sharding, lambda index: values[index])
-
-
-def device_batch(data: DeviceData, step: jax.Array) -> dict[str, jax.Array]:
-    """Global training batch number `step`, drawn and augmented on the devices; jittable.
-
-    Like the host pipeline, one endless sequence of per-epoch shuffles of the
-    training rows is cut into global batches, and the augmentation keys fold in
-    (seed, step): a batch depends on nothing else (not on the number of devices
-    or processes), so resuming needs only the step.
-    """
-    key, size = jax.random.key(data.seed), data.global_batch
-    order = _shuffled_positions(jax.random.fold_in(key, 0), step * size, size, len(data.positions))
-    positions = data.positions[order]
-    sharding = parallel.batch_sharding(data.mesh)
-    images = jax.lax.with_sharding_constraint(data.images[positions], sharding)
-    if data.augment.enabled:
-        augment_key = jax.random.fold_in(jax.random.fold_in(key, 1), step)
-        params = augment_device.sample_params_device(data.augment, augment_key, size, *images.shape[1:3])
-        images = augment_device.apply_params_device(images, params)
-    batch = {"image": images, **{k: v[positions] for k, v in data.examples.items()}}
-    return jax.lax.with_sharding_constraint(batch, sharding)
-
-
-def _shuffled_positions(key: jax.Array, start: jax.Array, count: int, length: int) -> jax.Array:
-    """Elements start .. start+count-1 of the endless sequence of per-epoch permutations of range(length)."""
-    first = start // length
-    epochs = count // length + 2  # the most epochs `count` consecutive elements can touch
-    orders = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), length))(first + np.arange(epochs))
-    return orders.reshape(-1)[start - first * length + np.arange(count)]
+    return normalization.make_normalizer("zscore", cache.images[positions])

@@ -22,21 +22,10 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
-from ml_collections import config_dict
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-def default_loss_config() -> ml_collections.ConfigDict:
-    """Every field the trainer passes to `make_loss`, with its default."""
-    c = ml_collections.ConfigDict()
-    c.name = "sigmoid_bce"  # 'sigmoid_mse' | 'sigmoid_bce' (one logit) | 'softmax_ce' (K >= 2)
-    c.label_smoothing = 0.0  # targets = one_hot * (1 - ls) + ls / classes
-    c.class_weights = config_dict.placeholder(tuple)  # None or a weight per class (2 for one logit)
-    return c
 
 
 def _sigmoid_mse(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -71,7 +60,8 @@ def make_loss(
     Args:
       name: 'sigmoid_mse', 'sigmoid_bce' (both need num_classes == 1) or 'softmax_ce'
         (num_classes >= 2); config.loss.name.
-      num_classes: the model's number of logits K, config.model.num_classes.
+      num_classes: the model's number of logits K: 1 for the sigmoid losses, else the number of
+        classes of config.data.target.
       label_smoothing: in [0, 1); see the module docstring.
       class_weights: one weight per label class (2 for one logit), or None. Weights such as
         sklearn's 'balanced' are computed by the caller from the training labels.
@@ -84,7 +74,10 @@ def make_loss(
 
     def loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
         if logits.shape[-1] != num_classes:
-            raise ValueError(f"logits have {logits.shape[-1]} columns but config.model.num_classes={num_classes}")
+            raise ValueError(
+                f"logits have {logits.shape[-1]} columns but the loss expects {num_classes} "
+                "(1 for a sigmoid loss, else one per class of config.data.target)"
+            )
         targets = optax.smooth_labels(jax.nn.one_hot(labels, label_classes), label_smoothing)
         per_example = loss_fn(logits.astype(jnp.float32), targets)
         return per_example if weights is None else per_example * weights[labels]
@@ -110,12 +103,12 @@ def _loss_for(name: str, num_classes: int) -> Callable[[jax.Array, jax.Array], j
     loss_fn, one_logit = LOSSES[name]
     if one_logit and num_classes != 1:
         raise ValueError(
-            f"config.loss.name={name!r} takes one binary logit (config.model.num_classes=1), but "
-            f"config.model.num_classes={num_classes}; use 'softmax_ce' for {num_classes} logits"
+            f"config.loss.name={name!r} takes one binary logit, but {num_classes} logits were asked "
+            f"for; use 'softmax_ce' for {num_classes} logits (one per class of config.data.target)"
         )
     if not one_logit and num_classes < 2:
         raise ValueError(
-            f"config.loss.name={name!r} needs config.model.num_classes >= 2, got {num_classes}; "
+            f"config.loss.name={name!r} needs one logit per class (>= 2), got {num_classes}; "
             "use 'sigmoid_bce' or 'sigmoid_mse' with one logit"
         )
     return loss_fn

@@ -55,13 +55,13 @@ def initialize_distributed() -> None:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors a user can cause; they end in their message, without a traceback."""
-    from bcjax import input_pipeline, reports, train
-    from bcjax.convert import ConversionError
+    from bcjax import input_pipeline, train, workdir_guard
     from bcjax.datasets.breakhis import BreakHisBuildError
+    from bcjax.pretrained import ConversionError
 
     return (
         input_pipeline.DataNotFoundError,
-        reports.WorkdirMismatchError,
+        workdir_guard.WorkdirMismatchError,
         train.TrainingError,
         BreakHisBuildError,
         ConversionError,

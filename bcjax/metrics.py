@@ -1,4 +1,4 @@
-"""Image-, patient- and magnification-level metrics of one evaluated split; report, CSV and plots.
+"""Image-, patient- and magnification-level metrics of one evaluated split, and their summary across folds.
 
 The trainer hands over host NumPy arrays covering every evaluated image exactly once:
 `probabilities` [N, C] (binary: columns benign, malignant), `labels` [N], `patient_ids` [N],
@@ -15,26 +15,19 @@ recall of the classes present in the labels. Metrics that stay undefined (an AUC
 positives or negatives, the sensitivity without malignant images) are None, never NaN, so every
 returned dict is JSON-serialisable.
 
-NumPy and the standard library only; matplotlib is imported inside the plotting functions and
-draws on an Agg canvas without pyplot, so no global backend or figure registry is touched.
+Pure NumPy maths, no JAX and no I/O: `bcjax.evaluation_files` writes the reports, `bcjax.plots` draws them.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 from collections.abc import Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
 CONFIDENCE = 0.95
 _BOOTSTRAPPED = ("accuracy", "balanced_accuracy", "roc_auc", "patient_recognition_rate", "sensitivity", "specificity")
-_DPI = 120
 
 
 # ----------------------------------------------------------------------------- primitives
@@ -52,12 +45,8 @@ def _nanmean(values: np.ndarray) -> np.ndarray:
     return _divide(np.where(defined, values, 0.0).sum(-1), defined.sum(-1))
 
 
-def _open(path: str | os.PathLike, mode: str) -> IO:
-    """Opens local paths and path objects with their own `open` (etils.epath: also cloud storage)."""
-    return path.open(mode) if hasattr(path, "open") else open(path, mode)
-
-
 def _json_float(value: float) -> float | None:
+    """NaN (undefined) as None, which JSON can hold."""
     value = float(value)
     return None if math.isnan(value) else value
 
@@ -73,10 +62,12 @@ def _confusion(
 
 
 def _true_positives(confusion: np.ndarray) -> np.ndarray:
+    """The diagonal [..., C]: images predicted as their true class."""
     return np.diagonal(confusion, axis1=-2, axis2=-1)
 
 
 def _accuracy(confusion: np.ndarray) -> np.ndarray:
+    """Fraction correct [...], NaN for an empty matrix."""
     return _divide(_true_positives(confusion).sum(-1), confusion.sum((-2, -1)))
 
 
@@ -141,11 +132,31 @@ def _roc_auc(
     return _nanmean(_auc_per_class(probabilities, labels, groups, draws))
 
 
+def roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """ROC-AUC of one set of predictions (binary: malignant; multiclass: macro OvR); NaN when undefined."""
+    return float(_roc_auc(probabilities, labels)[0])
+
+
+def class_roc_aucs(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUC [C] of every class; NaN for a class without positives or negatives."""
+    return _auc_per_class(probabilities, labels)[0]
+
+
+def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates, from (0, 0), one point per distinct score."""
+    positives, negatives = _score_histograms(scores, positive, np.zeros(len(scores), np.int64), 1)
+    fp, tp = np.r_[0, np.cumsum(negatives[0])], np.r_[0, np.cumsum(positives[0])]
+    return fp / max(fp[-1], 1), tp / max(tp[-1], 1)
+
+
 # ----------------------------------------------------------------------------- image level
 
 
-def _check(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays as float [N, C] and int [N], N > 0, C = len(class_names) >= 2, labels in 0..C-1."""
+def validated_predictions(
+    probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays as float [N, C] and int [N]; ValueError unless N > 0, C = len(class_names) >= 2 and
+    the labels lie in 0..C-1, so a wrong target or class list fails loudly instead of scoring nonsense."""
     probabilities, labels = np.asarray(probabilities, float), np.asarray(labels, np.int64)
     c = len(class_names)
     if (
@@ -180,18 +191,18 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
     reports add sensitivity (recall of class 1, malignant) and specificity (recall of class 0),
     None when that class has no images.
     """
-    probabilities, labels = _check(probabilities, labels, class_names)
+    probabilities, labels = validated_predictions(probabilities, labels, class_names)
     num_classes = len(class_names)
     confusion = _confusion(labels, probabilities.argmax(1), num_classes)[0]
     support, predicted = confusion.sum(1), confusion.sum(0)
     present = (support + predicted) > 0  # sklearn's macro runs over labels present in y_true or y_pred
     per_class = {"precision": _precision(confusion), "recall": _recall(confusion), "f1": _f1(confusion)}
     per_class = {k: np.nan_to_num(v, nan=0.0) for k, v in per_class.items()}  # zero_division=0
-    class_auc = _auc_per_class(probabilities, labels)[0]
+    class_auc = class_roc_aucs(probabilities, labels)
     metrics = {"images": len(labels)}
     metrics |= {k: _json_float(v) for k, v in _count_metrics(confusion).items()}
     metrics |= {f"macro_{k}": float(v[present].mean()) for k, v in per_class.items()}
-    metrics["roc_auc"] = _json_float(_roc_auc(probabilities, labels)[0])
+    metrics["roc_auc"] = _json_float(roc_auc(probabilities, labels))
     metrics["per_class"] = {
         name: {
             **{k: float(v[i]) for k, v in per_class.items()},
@@ -245,7 +256,7 @@ def patient_metrics(predictions: np.ndarray, labels: np.ndarray, patient_ids: np
 # ----------------------------------------------------------------------------- report
 
 
-def _magnification_order(magnification: str) -> tuple[int, str]:
+def magnification_order(magnification: str) -> tuple[int, str]:
     """Sort key putting '40X' before '100X' (numeric order for names of one pattern)."""
     return len(magnification), magnification
 
@@ -253,6 +264,7 @@ def _magnification_order(magnification: str) -> tuple[int, str]:
 def _split_metrics(
     probabilities: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray, class_names: Sequence[str]
 ) -> dict[str, Any]:
+    """Image- and patient-level metrics of one group of images."""
     return classification_metrics(probabilities, labels, class_names) | patient_metrics(
         probabilities.argmax(1), labels, patient_ids
     )
@@ -304,10 +316,10 @@ def evaluation_report(
     Intervals resample patients, not images: images of one patient are correlated, and an image
     bootstrap would give intervals far too narrow. `bootstrap_samples=0` leaves them out ({}).
     """
-    probabilities, labels = _check(probabilities, labels, class_names)
+    probabilities, labels = validated_predictions(probabilities, labels, class_names)
     patient_ids, magnifications = np.asarray(patient_ids).astype(str), np.asarray(magnifications).astype(str)
     by_magnification = {}
-    for magnification in sorted(set(magnifications.tolist()), key=_magnification_order):
+    for magnification in sorted(set(magnifications.tolist()), key=magnification_order):
         keep = magnifications == magnification
         by_magnification[magnification] = _split_metrics(
             probabilities[keep], labels[keep], patient_ids[keep], class_names
@@ -329,7 +341,7 @@ def summarize_folds(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     undefined (None) keeps None among the values and is left out of mean and std; std needs two
     defined folds.
     """
-    magnifications = sorted({m for r in reports for m in r["by_magnification"]}, key=_magnification_order)
+    magnifications = sorted({m for r in reports for m in r["by_magnification"]}, key=magnification_order)
     return {
         "folds": len(reports),
         "overall": _summarize([r["overall"] for r in reports]),
@@ -340,10 +352,12 @@ def summarize_folds(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _is_scalar(value: Any) -> bool:
+    """A number to average across folds (bools are flags, not numbers)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _summarize(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean, std and values of every scalar metric found in any fold, in first-seen order."""
     names = [k for k in dict.fromkeys(k for m in metrics for k in m) if any(_is_scalar(m.get(k)) for m in metrics)]
     summary = {}
     for name in names:
@@ -355,228 +369,3 @@ def _summarize(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]
             "values": values,
         }
     return summary
-
-
-def format_summary(report: Mapping[str, Any], leakage_line: str) -> str:
-    """A few lines for the log: headline metrics with their 95% CIs, the leakage line beside accuracy."""
-    overall, intervals = report["overall"], report["confidence_intervals"]
-
-    def show(label: str, name: str) -> str:
-        value, interval = overall.get(name), intervals.get(name)
-        text = f"{label} {'n/a' if value is None else f'{value:.3f}'}"
-        return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-    lines = [
-        f"{report['images']} images of {overall['patients']} patients; intervals: "
-        f"{100 * CONFIDENCE:.0f}% patient bootstrap ({report['bootstrap_samples']} resamples)",
-        f"{show('accuracy', 'accuracy')} | {leakage_line}",
-        f"{show('balanced accuracy', 'balanced_accuracy')} | {show('ROC AUC', 'roc_auc')}",
-    ]
-    if "sensitivity" in overall:
-        lines.append(f"{show('sensitivity', 'sensitivity')} | {show('specificity', 'specificity')}")
-    lines.append(
-        f"{show('patient recognition rate', 'patient_recognition_rate')} | "
-        f"patient majority vote {overall['patient_majority_vote_accuracy']:.3f}"
-    )
-    lines.append(
-        "accuracy by magnification: "
-        + ", ".join(f"{m} {r['accuracy']:.3f}" for m, r in report["by_magnification"].items())
-    )
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CSV
-
-
-def write_predictions_csv(
-    path: str | os.PathLike,
-    *,
-    filenames: Sequence[str],
-    patient_ids: Sequence[str],
-    accessions: Sequence[str],
-    magnifications: Sequence[str],
-    tumor_types: Sequence[Any],
-    labels: np.ndarray,
-    predictions: np.ndarray,
-    probabilities: np.ndarray,
-    class_names: Sequence[str],
-) -> None:
-    """One row per image: metadata, `label`/`prediction` as class names and as `label_id`/`prediction_id`,
-    then `prob_<class name>` per class (7 significant digits).
-
-    Names keep the file readable; the ids let sklearn recompute every metric from it.
-    """
-    columns = [filenames, patient_ids, accessions, magnifications, tumor_types, labels, predictions]
-    n = len(probabilities)
-    if any(len(column) != n for column in columns):
-        raise ValueError(f"predictions CSV columns differ in length from the {n} probability rows")
-    with _open(path, "w") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(
-            [
-                "filename",
-                "patient_id",
-                "accession",
-                "magnification",
-                "tumor_type",
-                "label",
-                "label_id",
-                "prediction",
-                "prediction_id",
-                *(f"prob_{name}" for name in class_names),
-            ]
-        )
-        for i in range(n):
-            label, prediction = int(labels[i]), int(predictions[i])
-            writer.writerow(
-                [
-                    filenames[i],
-                    patient_ids[i],
-                    accessions[i],
-                    magnifications[i],
-                    tumor_types[i],
-                    class_names[label],
-                    label,
-                    class_names[prediction],
-                    prediction,
-                    *(f"{p:.7g}" for p in probabilities[i]),
-                ]
-            )
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def _figure(width: float, height: float) -> Figure:
-    """A pyplot-free figure on an Agg canvas: safe in threads and servers, nothing left registered."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Figure, path: str | os.PathLike) -> None:
-    with _open(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=_DPI)
-
-
-def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Loss and accuracy against step for every split with `<split>/loss` or `<split>/accuracy` keys."""
-    figure = _figure(11, 4)
-    panels = dict(zip(("loss", "accuracy"), figure.subplots(1, 2)))
-    splits = list(
-        dict.fromkeys(k.split("/")[0] for r in records for k in r if "/" in k and k.split("/", 1)[1] in panels)
-    )
-    for metric, axes in panels.items():
-        for color, split in enumerate(splits):
-            points = [(r["step"], r[f"{split}/{metric}"]) for r in records if r.get(f"{split}/{metric}") is not None]
-            if points:
-                steps, values = zip(*points)
-                axes.plot(
-                    steps,
-                    values,
-                    color=f"C{color}",
-                    label=split,
-                    marker="o" if len(points) <= 50 else None,
-                    markersize=3,
-                )
-        axes.set(xlabel="step", ylabel=metric, title=metric)
-        axes.grid(alpha=0.3)
-        if axes.has_data():
-            axes.legend()
-    _save(figure, path)
-
-
-def plot_confusion_matrix(
-    confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str = ""
-) -> None:
-    """Counts in the cells, colours by row-normalised fraction (recall per true class)."""
-    counts = np.asarray(confusion)
-    fractions = np.nan_to_num(_divide(counts, counts.sum(1, keepdims=True)))
-    size = 2.5 + 0.8 * len(class_names)
-    figure = _figure(size + 1.2, size)
-    axes = figure.subplots()
-    image = axes.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), count in np.ndenumerate(counts):
-        axes.text(
-            j,
-            i,
-            f"{count}\n{fractions[i, j]:.0%}",
-            ha="center",
-            va="center",
-            fontsize=10 if len(class_names) <= 4 else 8,
-            color="white" if fractions[i, j] > 0.5 else "black",
-        )
-    ticks = np.arange(len(class_names))
-    axes.set_xticks(ticks, class_names, rotation=45, ha="right", rotation_mode="anchor")
-    axes.set_yticks(ticks, class_names)
-    axes.set(xlabel="predicted", ylabel="true", title=title)
-    figure.colorbar(image, ax=axes, label="fraction of the true class")
-    _save(figure, path)
-
-
-def _roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates, from (0, 0), one point per distinct score."""
-    positives, negatives = _score_histograms(scores, positive, np.zeros(len(scores), np.int64), 1)
-    fp, tp = np.r_[0, np.cumsum(negatives[0])], np.r_[0, np.cumsum(positives[0])]
-    return fp / max(fp[-1], 1), tp / max(tp[-1], 1)
-
-
-def _macro_roc_curve(probabilities: np.ndarray, labels: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Mean TPR on a false-positive-rate grid over the classes with positives and negatives."""
-    curves = [
-        np.interp(grid, *_roc_curve(probabilities[:, k], labels == k))
-        for k in range(probabilities.shape[1])
-        if 0 < np.sum(labels == k) < len(labels)
-    ]
-    return np.mean(curves, 0) if curves else np.full_like(grid, np.nan)
-
-
-def _auc_label(name: str, auc: float, n: int) -> str:
-    return f"{name} (AUC {'n/a' if math.isnan(auc) else f'{auc:.3f}'}, n={n})"
-
-
-def plot_roc(
-    probabilities: np.ndarray,
-    labels: np.ndarray,
-    magnifications: np.ndarray,
-    class_names: Sequence[str],
-    path: str | os.PathLike,
-) -> None:
-    """Binary: the malignant ROC per magnification and for all images. Multiclass: per-class
-    one-vs-rest curves on all images, and the macro-average curve per magnification."""
-    probabilities, labels = _check(probabilities, labels, class_names)
-    magnifications = np.asarray(magnifications).astype(str)
-    groups = [(m, magnifications == m) for m in sorted(set(magnifications.tolist()), key=_magnification_order)]
-    groups.append(("all", np.ones(len(labels), bool)))
-    binary = len(class_names) == 2
-    figure = _figure(6 if binary else 12, 5.5)
-    axes = [figure.subplots()] if binary else list(figure.subplots(1, 2))
-    grid = np.linspace(0, 1, 201)
-    for color, (name, keep) in enumerate(groups):
-        p, y = probabilities[keep], labels[keep]
-        auc = float(_roc_auc(p, y)[0])
-        fpr, tpr = _roc_curve(p[:, 1], y == 1) if binary else (grid, _macro_roc_curve(p, y, grid))
-        style = {"color": "black", "linewidth": 2.5} if name == "all" else {"color": f"C{color}", "linewidth": 1.5}
-        axes[-1].plot(fpr, tpr, label=_auc_label(name, auc, len(y)), **style)
-    if binary:
-        axes[0].set_title(f"ROC of {class_names[1]} per magnification")
-    else:
-        aucs = _auc_per_class(probabilities, labels)[0]
-        for k, name in enumerate(class_names):
-            if 0 < np.sum(labels == k) < len(labels):
-                axes[0].plot(
-                    *_roc_curve(probabilities[:, k], labels == k),
-                    color=f"C{k}",
-                    label=_auc_label(name, aucs[k], int(np.sum(labels == k))),
-                )
-        axes[0].set_title("one-vs-rest per class, all images")
-        axes[1].set_title("macro one-vs-rest per magnification")
-    for ax in axes:
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-    _save(figure, path)

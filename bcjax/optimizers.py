@@ -9,7 +9,7 @@ for the first steps. The chain is:
     partition: backbone -> [L2 weight decay] -> optimizer(schedule x backbone_lr_multiplier)
                head     -> [L2 weight decay] -> optimizer(schedule x head_lr_multiplier)
 
-Config fields (`default_optimizer_config()` lists them with their defaults):
+Config fields (`configs/default.py` declares them, each with its default and a comment):
 
 - `name`: 'rmsprop', 'adam', 'adamw' and 'sgd' read the fields below; any other optax optimizer
   function that takes `learning_rate` ('lamb', 'lion', 'adafactor', ...) is called with
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -63,40 +62,11 @@ SCHEDULES = ("constant", "cosine", "warmup_constant", "warmup_cosine", "step")
 WEIGHT_DECAY_MASKS = ("kernels", "all")
 
 
-def default_optimizer_config() -> ml_collections.ConfigDict:
-    """Every field `make_optimizer` reads, with its default."""
-    c = ml_collections.ConfigDict()
-    c.name = "adam"  # 'rmsprop' | 'adam' | 'adamw' | 'sgd' | any optax.<name> taking learning_rate
-    c.kwargs = {}  # extra keyword arguments for the optax function; they override the fields below
-    c.learning_rate = 1e-4  # base (peak) learning rate
-    c.schedule = "constant"  # 'constant' | 'cosine' | 'warmup_constant' | 'warmup_cosine' | 'step'
-    c.warmup_steps = 0  # warmup_* schedules: linear rise from 0 over these steps
-    c.end_learning_rate_factor = 0.0  # cosine schedules: final lr = factor * learning_rate
-    c.decay_steps = 0  # 'step' schedule: multiply the lr by decay_rate every decay_steps steps
-    c.decay_rate = 0.1  # 'step' schedule: the factor
-    c.decay = 0.9  # rmsprop: rho, the moving average's decay (Keras 0.9)
-    c.eps = 1e-7  # rmsprop/adam/adamw: denominator epsilon (Keras 1e-7; optax/PyTorch 1e-8)
-    c.eps_in_sqrt = True  # rmsprop: sqrt(v + eps) as in recipe A's paper; False: Keras' sqrt(v) + eps
-    c.momentum = 0.0  # rmsprop/sgd: momentum (0 = none)
-    c.nesterov = False  # rmsprop/sgd: Nesterov momentum
-    c.centered = False  # rmsprop: divide by the variance instead of the second moment
-    c.b1 = 0.9  # adam/adamw: first-moment decay
-    c.b2 = 0.999  # adam/adamw: second-moment decay
-    c.weight_decay = 0.0  # adamw: decoupled decay; other optimizers: L2 added to the gradient
-    c.weight_decay_mask = "kernels"  # 'kernels' (rank >= 2 only) | 'all'
-    c.grad_clip_norm = 0.0  # clip the global gradient norm to this (0 = off)
-    c.freeze_backbone_steps = 0  # train the head only for this many steps
-    c.backbone_lr_multiplier = 1.0  # backbone lr = schedule * this
-    c.head_lr_multiplier = 1.0  # head lr = schedule * this
-    return c
-
-
-def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
-    """The optimizer for a Classifier's params; fields missing from `config` take their defaults.
+def make_optimizer(c: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    """The optimizer for a Classifier's params from `c` = `config.optimizer` (every field of configs/default.py).
 
     `total_steps` is the length of the run, which the cosine schedules decay over.
     """
-    c = _resolved(config)
     parts = []
     if c.grad_clip_norm:
         if c.freeze_backbone_steps:  # a frozen backbone's gradients must not count in the norm
@@ -111,19 +81,13 @@ def param_labels(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: _group_of(path), params)
 
 
-def learning_rate_at(config: Any, total_steps: int, step: int, group: str = "head") -> float:
-    """The learning rate `group` trains with at `step` (0 while frozen), for logging."""
-    c = _resolved(config)
+def learning_rate_at(c: ml_collections.ConfigDict, total_steps: int, step: int, group: str = "head") -> float:
+    """The learning rate `group` trains with at `step` (0 while frozen), for logging; `c` = `config.optimizer`."""
     if group not in GROUPS:
         raise ValueError(f"unknown parameter group {group!r}; choose one of {GROUPS}")
     if step < _frozen_steps(c, group):
         return 0.0
     return float(_multiplier(c, group) * _base_schedule(c, total_steps)(step))
-
-
-def _resolved(config: Any) -> SimpleNamespace:
-    # Partial configs (tests, configs older than a new field) fall back to the defaults.
-    return SimpleNamespace(**{k: getattr(config, k, v) for k, v in default_optimizer_config().items()})
 
 
 def _group_of(path: tuple) -> str:
@@ -137,7 +101,7 @@ def _group_of(path: tuple) -> str:
     return name
 
 
-def _by_group(c: SimpleNamespace, make: Callable[[str], optax.GradientTransformation]):
+def _by_group(c: ml_collections.ConfigDict, make: Callable[[str], optax.GradientTransformation]):
     """`make(group)` for each group, the backbone's held at zero while it is frozen."""
     return optax.partition({group: _frozen_for(make(group), _frozen_steps(c, group)) for group in GROUPS}, param_labels)
 
@@ -149,15 +113,15 @@ def _frozen_for(tx: optax.GradientTransformation, steps: int) -> optax.GradientT
     return optax.transforms.conditionally_mask(tx, lambda step: step >= steps)
 
 
-def _frozen_steps(c: SimpleNamespace, group: str) -> int:
+def _frozen_steps(c: ml_collections.ConfigDict, group: str) -> int:
     return c.freeze_backbone_steps if group == "backbone" else 0
 
 
-def _multiplier(c: SimpleNamespace, group: str) -> float:
+def _multiplier(c: ml_collections.ConfigDict, group: str) -> float:
     return c.backbone_lr_multiplier if group == "backbone" else c.head_lr_multiplier
 
 
-def _group_optimizer(c: SimpleNamespace, total_steps: int, group: str) -> optax.GradientTransformation:
+def _group_optimizer(c: ml_collections.ConfigDict, total_steps: int, group: str) -> optax.GradientTransformation:
     base = _base_schedule(c, total_steps)
     scale, offset = _multiplier(c, group), _frozen_steps(c, group)
     # A frozen group's own step count starts when it unfreezes; the offset keeps it on the
@@ -169,7 +133,7 @@ def _group_optimizer(c: SimpleNamespace, total_steps: int, group: str) -> optax.
     return optimizer
 
 
-def _optimizer_kwargs(c: SimpleNamespace) -> dict:
+def _optimizer_kwargs(c: ml_collections.ConfigDict) -> dict:
     momentum = c.momentum or None  # optax: None skips the momentum state
     named = {
         "rmsprop": dict(
@@ -199,7 +163,7 @@ def _optax_function(name: str) -> Callable[..., optax.GradientTransformation]:
     return fn
 
 
-def _decay_mask(c: SimpleNamespace) -> Callable[[Any], Any] | None:
+def _decay_mask(c: ml_collections.ConfigDict) -> Callable[[Any], Any] | None:
     if c.weight_decay_mask not in WEIGHT_DECAY_MASKS:
         raise ValueError(
             f"unknown config.optimizer.weight_decay_mask {c.weight_decay_mask!r}; choose one of {WEIGHT_DECAY_MASKS}"
@@ -209,7 +173,7 @@ def _decay_mask(c: SimpleNamespace) -> Callable[[Any], Any] | None:
     return lambda params: jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def _base_schedule(c: SimpleNamespace, total_steps: int) -> optax.Schedule:
+def _base_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     lr, end_lr = c.learning_rate, c.learning_rate * c.end_learning_rate_factor
     if c.schedule not in SCHEDULES:
         raise ValueError(f"unknown config.optimizer.schedule {c.schedule!r}; choose one of {SCHEDULES}")

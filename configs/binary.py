@@ -16,13 +16,15 @@ The paper gives no learning rate: Keras' RMSprop default, 1e-3, is used.
 
 import ml_collections
 
-from configs import default
+from configs import common, default
 
 
-def get_config(split: str | None = None) -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    options = common.parse_arg(arg, patient=False)
     config = default.get_config()
-    config.data.split = "recipe_a"
-    config.data.split_kwargs = ml_collections.ConfigDict({"val_fraction": 0.0})
+    if not options.patient:  # ':patient' keeps the default patient-disjoint split
+        config.data.split = "recipe_a"
+        config.data.split_kwargs = ml_collections.ConfigDict({"val_fraction": 0.0})
     config.data.height, config.data.width = 96, 144
     config.data.target = "label"
     config.model.arch, config.model.layout = "resnet50", "v1"  # the Keras ResNet50 the paper fine-tuned
@@ -33,9 +35,4 @@ def get_config(split: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 32
     config.num_epochs, config.steps_per_epoch = 200, 200
     config.log_every_steps = 200
-    if split == "patient":
-        config.data.split = "patient_kfold"
-        config.data.split_kwargs = ml_collections.ConfigDict({"k": 5, "fold": 0, "val_fraction": 0.2})
-    elif split:
-        raise ValueError(f"configs/binary.py takes ':patient' or nothing, not ':{split}'")
     return config

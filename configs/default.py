@@ -11,9 +11,18 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # seeds the split, the initial weights, dropout, shuffling and augmentation
     config.restart = False  # True: delete a workdir's run of another config and start over
+    config.data = _data()
+    config.model = _model()
+    config.loss = _loss()
+    config.optimizer = _optimizer()
+    _run_length(config)
+    config.evaluation = _evaluation()
+    return config
 
-    # ---- data (bcjax.input_pipeline.InputConfig mirrors these fields)
-    data = config.data = ml_collections.ConfigDict()
+
+def _data() -> ml_collections.ConfigDict:
+    """bcjax.input_pipeline.InputConfig.from_config reads its fields from here."""
+    data = ml_collections.ConfigDict()
     data.data_dir = "~/tensorflow_datasets"  # folder holding the prepared TFDS dataset
     data.dataset = "breakhis/archive"  # 'breakhis/archive' (published, counts checked) or 'breakhis/custom'
     data.manual_dir = config_dict.placeholder(str)  # folder with BreaKHis_v1.tar.gz: builds the dataset if missing
@@ -31,9 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
     data.height = 224  # working resolution: images are decoded once at this size
     data.width = 224
     data.target = "label"  # 'label' (benign/malignant) or 'tumor_type' (8 classes)
-    data.normalization = (
-        "auto"  # auto (from the pretrained weights, else imagenet) | imagenet | caffe | tf | unit | zscore
-    )
+    # auto (from the pretrained weights, else imagenet) | imagenet | caffe | tf | unit | zscore
+    data.normalization = "auto"
     data.stain_normalization = "none"  # 'macenko' (recipe D): once per image, before caching
     data.balance = False  # oversample the target's classes to equal counts (recipe B)
     data.decode_threads = 2  # threads decoding PNGs for the in-memory cache
@@ -48,24 +56,33 @@ def get_config() -> ml_collections.ConfigDict:
     aug.brightness = 0.0  # additive, as a fraction of 255
     aug.contrast = 0.0  # contrast factor drawn from [1 - c, 1 + c]
     aug.hed_sigma = 0.0  # HED stain jitter strength (Tellez 2018)
+    return data
 
-    # ---- model (bcjax.models.create_model)
-    model = config.model = ml_collections.ConfigDict()
+
+def _model() -> ml_collections.ConfigDict:
+    """bcjax.components.build_model"""
+    model = ml_collections.ConfigDict()
     model.arch = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
     model.layout = "v1.5"  # v1.5 (torchvision/timm) | v1 (Keras ResNet50) | v2 (Keras ResNet50V2)
     model.head = "linear"  # linear | mlp | recipe_a
     model.head_kwargs = ml_collections.ConfigDict()  # mlp: hidden, dropout, activation, dropout_first
     model.init_from = config_dict.placeholder(str)  # `python -m bcjax.convert` output: ImageNet backbone weights
     model.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16
+    return model
 
-    # ---- loss (bcjax.losses.make_loss)
-    loss = config.loss = ml_collections.ConfigDict()
+
+def _loss() -> ml_collections.ConfigDict:
+    """bcjax.losses.make_loss"""
+    loss = ml_collections.ConfigDict()
     loss.name = "softmax_ce"  # sigmoid_mse (recipe A) | sigmoid_bce | softmax_ce
     loss.label_smoothing = 0.0
     loss.class_weights = config_dict.placeholder(tuple)  # one weight per class, e.g. (1.0, 0.5)
+    return loss
 
-    # ---- optimizer (bcjax.optimizers.make_optimizer)
-    opt = config.optimizer = ml_collections.ConfigDict()
+
+def _optimizer() -> ml_collections.ConfigDict:
+    """bcjax.optimizers.make_optimizer (its module docstring says what each field does)"""
+    opt = ml_collections.ConfigDict()
     opt.name = "adam"  # rmsprop | adam | adamw | sgd | any optax optimizer (with optimizer.kwargs)
     opt.learning_rate = 1e-4  # base learning rate
     opt.schedule = "constant"  # constant | cosine | warmup_cosine | warmup_constant | step
@@ -88,8 +105,11 @@ def get_config() -> ml_collections.ConfigDict:
     opt.backbone_lr_multiplier = 1.0  # backbone learning rate = base * this
     opt.head_lr_multiplier = 1.0  # head learning rate = base * this
     opt.kwargs = ml_collections.ConfigDict()  # extra keyword arguments of other optax optimizers
+    return opt
 
-    # ---- schedule of the run (steps; 0 or None derives from the epoch length)
+
+def _run_length(config: ml_collections.ConfigDict) -> None:
+    """Steps; 0 or None derives from the epoch length (bcjax.schedule.make_schedule)."""
     config.batch_size = 32  # global batch, split over all devices of all hosts
     config.eval_batch_size = 64  # global batch of evaluation (the last one is padded and masked)
     config.num_epochs = 30
@@ -102,9 +122,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.best_metric = "validation/balanced_accuracy"  # ranks checkpoints; higher is better
     config.shard_params = False  # True: shard large parameters and optimizer state over devices
 
-    # ---- evaluation
-    config.evaluation = ml_collections.ConfigDict()
-    config.evaluation.splits = ("validation", "test")
-    config.evaluation.bootstrap_samples = 1000  # 95% intervals resampling patients
-    config.evaluation.use_best = True  # evaluate the best checkpoint by best_metric when there is one
-    return config
+
+def _evaluation() -> ml_collections.ConfigDict:
+    evaluation = ml_collections.ConfigDict()
+    evaluation.splits = ("validation", "test")
+    evaluation.bootstrap_samples = 1000  # 95% intervals resampling patients
+    evaluation.use_best = True  # evaluate the best checkpoint by best_metric when there is one
+    return evaluation

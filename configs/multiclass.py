@@ -16,21 +16,19 @@ Arguments combine with commas: `configs/multiclass.py:balanced,patient`.
 
 import ml_collections
 
-from configs import default
+from configs import common, default
 
 
-def get_config(args: str | None = None) -> ml_collections.ConfigDict:
-    options = set(filter(None, (args or "").split(",")))
-    unknown = options - {"balanced", "patient"}
-    if unknown:
-        raise ValueError(f"configs/multiclass.py takes 'balanced' and/or 'patient', not {sorted(unknown)}")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    options = common.parse_arg(arg, balanced=False, patient=False)
     config = default.get_config()
-    config.data.split = "image_random"
-    config.data.split_kwargs = ml_collections.ConfigDict({"test_fraction": 0.3, "val_fraction": 0.25})
+    if not options.patient:  # ':patient' keeps the default patient-disjoint split
+        config.data.split = "image_random"
+        config.data.split_kwargs = ml_collections.ConfigDict({"test_fraction": 0.3, "val_fraction": 0.25})
     config.data.height = config.data.width = 224
     config.data.target = "tumor_type"
     config.data.normalization = "zscore"
-    config.data.balance = "balanced" in options
+    config.data.balance = options.balanced
     if config.data.balance:  # the paper oversampled with flips and rotations
         config.data.augment.flip_horizontal = config.data.augment.flip_vertical = True
         config.data.augment.rotate90 = True
@@ -43,7 +41,4 @@ def get_config(args: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 32
     config.num_epochs = 30
     config.best_metric = "validation/accuracy"
-    if "patient" in options:
-        config.data.split = "patient_kfold"
-        config.data.split_kwargs = ml_collections.ConfigDict({"k": 5, "fold": 0, "val_fraction": 0.2})
     return config

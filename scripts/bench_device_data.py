@@ -13,22 +13,24 @@ usable from other scripts.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
+import ml_collections
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ is not a package dir
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ is not installed
 
-from bcjax import input_pipeline as ip  # noqa: E402
-from bcjax import losses, optimizers, parallel, train  # noqa: E402
+from bcjax import components, input_pipeline, parallel, train  # noqa: E402
 from bcjax.datasets import synthetic  # noqa: E402
+from benchmarking import timing  # noqa: E402
+from benchmarking.record import write_json  # noqa: E402
 from configs import demo  # noqa: E402
 
 _HEIGHT = flags.DEFINE_integer("height", 80, "Working height (not 64: see BENCHMARKS.md on 2x2 feature maps).")
@@ -52,45 +54,42 @@ AUGMENTATIONS = {
         "hed_sigma": 0.05,
     },
 }
+SCHEDULE_STEPS = 10_000  # the run length the optimizer's schedule is built for; no run gets near it
 
 
-def make_runner(config, data: ip.InputData, *, resident: bool) -> Callable[[int], dict[str, float]]:
-    """Compiles a training step on every device for one input path; returns `time(steps) -> figures`."""
+def make_runner(
+    config: ml_collections.ConfigDict, data: input_pipeline.InputData, *, resident: bool
+) -> Callable[[int], dict[str, float]]:
+    """Compiles the trainer's step (`components.build_steps`) on every device for one input path;
+    returns `time(steps) -> figures`, after a first call of 2 steps that compiles and warms up."""
     mesh = parallel.make_mesh()
-    model, _ = train.build_model(config)
-    tx = optimizers.make_optimizer(config.optimizer, 10_000)
-    graphdef, state = train.initial_state(model, tx)
-    loss_fn = losses.make_loss(config.loss.name, num_classes=train.num_outputs(config))
     device_data = data.on_devices(config.batch_size, mesh) if resident else None
-    fns = train.make_steps(
-        graphdef,
-        state,
-        tx=tx,
-        mesh=mesh,
-        loss_fn=loss_fn,
-        normalizer=data.normalizer,
-        target=config.data.target,
-        shard_params=False,
-        device_data=device_data,
+    steps, state = components.build_steps(
+        config, mesh, normalizer=data.normalizer, total_steps=SCHEDULE_STEPS, device_data=device_data
     )
-    carry = {"state": jax.device_put(state, fns.state_sharding)}
-    iterator = None if resident else iter(data.train(config.batch_size))
-    inputs = lambda: device_data if resident else parallel.to_global(next(iterator), mesh)  # noqa: E731
+    if resident:
+        next_inputs = lambda: device_data  # noqa: E731
+    else:
+        iterator = iter(data.train(config.batch_size))
+        next_inputs = lambda: parallel.to_global(next(iterator), mesh)  # noqa: E731
+    carry: list[Any] = [(state, None)]  # (state, last metrics), carried from one call to the next
 
-    def time_steps(steps: int) -> dict[str, float]:
-        """Dispatches `steps` steps asynchronously, as the trainer's loop does, timing the waits for input."""
-        waiting, start = 0.0, time.perf_counter()
-        for _ in range(steps):
+    def time_steps(count: int) -> dict[str, float]:
+        """Dispatches `count` steps asynchronously, as the trainer's loop does, timing the waits for input."""
+        waiting = 0.0
+
+        def step(state_and_metrics: tuple) -> tuple:
+            nonlocal waiting
             before = time.perf_counter()
-            batch = inputs()
+            inputs = next_inputs()
             waiting += time.perf_counter() - before
-            carry["state"], metrics = fns.train(carry["state"], batch)
-        jax.block_until_ready((carry["state"], metrics))
-        seconds = time.perf_counter() - start
+            return steps.train(state_and_metrics[0], inputs)
+
+        carry[0], seconds, _ = timing.run_steps(step, carry[0], count, jax.block_until_ready)
         return {
-            "steps_per_second": steps / seconds,
-            "images_per_second": steps * config.batch_size / seconds,
-            "step_ms": 1000 * seconds / steps,
+            "steps_per_second": count / seconds,
+            "images_per_second": count * config.batch_size / seconds,
+            "step_ms": 1000 * seconds / count,
             "input_wait_fraction": waiting / seconds,
         }
 
@@ -98,7 +97,9 @@ def make_runner(config, data: ip.InputData, *, resident: bool) -> Callable[[int]
     return time_steps
 
 
-def measure(config, data: ip.InputData, *, steps: int, rounds: int) -> dict[str, dict[str, float]]:
+def measure(
+    config: ml_collections.ConfigDict, data: input_pipeline.InputData, *, steps: int, rounds: int
+) -> dict[str, dict[str, float]]:
     """Host and device path, `rounds` alternating rounds of `steps` steps each; the fastest round of each.
 
     Alternating and keeping the fastest round discounts other load on a shared machine.
@@ -113,7 +114,8 @@ def measure(config, data: ip.InputData, *, steps: int, rounds: int) -> dict[str,
     return best
 
 
-def _config(data_dir: str, augment: dict):
+def _config(data_dir: str, augment: dict) -> ml_collections.ConfigDict:
+    """The demo's config on the prepared synthetic dataset, at the flags' size and with `augment`."""
     config = demo.get_config()
     config.data.synthetic.enabled = False
     config.data.data_dir, config.data.dataset = data_dir, "breakhis/custom"
@@ -123,25 +125,31 @@ def _config(data_dir: str, augment: dict):
     return config
 
 
+def _prepare_dataset(root: str) -> None:
+    """A one-patient-per-type synthetic BreakHis, built as `breakhis/custom` under `root`/tfds (once)."""
+    if os.path.isdir(os.path.join(root, "tfds")):
+        return
+    synthetic.write_breakhis_tree(
+        os.path.join(root, "manual"),
+        patients=1,
+        images_per_magnification=8,
+        image_size=(350, 230),
+        seed=0,
+        progress=False,
+    )
+    input_pipeline.prepare(
+        data_dir=os.path.join(root, "tfds"), dataset="breakhis/custom", manual_dir=os.path.join(root, "manual")
+    )
+
+
 def main(argv: list[str]) -> None:
     del argv
     root = _WORKDIR.value or tempfile.mkdtemp(prefix="bcjax-bench-device-")
-    if not os.path.isdir(os.path.join(root, "tfds")):
-        synthetic.write_breakhis_tree(
-            os.path.join(root, "manual"),
-            patients=1,
-            images_per_magnification=8,
-            image_size=(350, 230),
-            seed=0,
-            progress=False,
-        )
-        ip.prepare(
-            data_dir=os.path.join(root, "tfds"), dataset="breakhis/custom", manual_dir=os.path.join(root, "manual")
-        )
+    _prepare_dataset(root)
     results = {}
     for name, augment in AUGMENTATIONS.items():
         config = _config(os.path.join(root, "tfds"), augment)
-        data = ip.load(train.input_config(config, None, None), progress=False)
+        data = input_pipeline.load(train.input_config(config, None, None), progress=False)
         for path, figures in measure(config, data, steps=_STEPS.value, rounds=_ROUNDS.value).items():
             results[f"{name}/{path}"] = figures
             print(
@@ -162,8 +170,7 @@ def main(argv: list[str]) -> None:
             "jax": jax.__version__,
             "results": results,
         }
-        with open(_JSON_OUT.value, "w") as f:
-            json.dump(record, f, indent=2)
+        write_json(_JSON_OUT.value, record)
 
 
 if __name__ == "__main__":

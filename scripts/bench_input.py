@@ -13,19 +13,23 @@ and prints the ratios to the baseline. `--json_out` saves the figures.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
+import sys
 import tempfile
-import time
 
 import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from bcjax import augment as aug
-from bcjax import input_pipeline as ip
-from bcjax.datasets import synthetic
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ is not installed
+
+from bcjax import input_pipeline  # noqa: E402
+from bcjax.augment import AugmentConfig  # noqa: E402
+from bcjax.datasets import synthetic  # noqa: E402
+from benchmarking.record import write_json  # noqa: E402
+from benchmarking.timing import timed  # noqa: E402
+from configs import default  # noqa: E402
 
 _PATIENTS = flags.DEFINE_integer("patients", 1, "Synthetic patients per tumour type (quirk folders come on top).")
 _PER_MAG = flags.DEFINE_integer("images_per_magnification", 12, "Images per patient and magnification.")
@@ -37,12 +41,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write the tree and dat
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the figures as JSON.")
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
-
 def baseline_pil(files: list[str], height: int, width: int) -> None:
     """The papers' loader: open, decode, convert and resize each file, one by one."""
     for path in files:
@@ -50,20 +48,24 @@ def baseline_pil(files: list[str], height: int, width: int) -> None:
             np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
 
 
-def cached_pass(data: ip.InputData, images: int, batch: int, augment: aug.AugmentConfig) -> None:
+def cached_pass(data: input_pipeline.InputData, images: int, batch: int, augment: AugmentConfig) -> None:
+    """At least one batch, and about `images` images, from the training iterator over the decoded cache."""
     iterator = iter(
-        ip.train_dataset(data.cache, data.table, data.train_rows, global_batch=batch, seed=0, augment=augment)
+        input_pipeline.train_dataset(
+            data.cache, data.table, data.train_rows, global_batch=batch, seed=0, augment=augment
+        )
     )
     for _ in range(max(1, images // batch)):
         next(iterator)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    root = _WORKDIR.value or tempfile.mkdtemp(prefix="bcjax-bench-input-")
-    tree, seconds = _timed(
+def prepare_dataset(root: str) -> tuple[str, list[str]]:
+    """Writes the synthetic tree and builds it as `breakhis/custom`, printing how long each took;
+    returns the TFDS data_dir and the tree's PNG files in record order."""
+    manual = os.path.join(root, "manual")
+    tree, seconds = timed(
         lambda: synthetic.write_breakhis_tree(
-            os.path.join(root, "manual"),
+            manual,
             patients=_PATIENTS.value,
             images_per_magnification=_PER_MAG.value,
             seed=0,
@@ -73,17 +75,20 @@ def main(argv: list[str]) -> None:
     )
     print(f"synthetic tree: {tree.num_images} images of 700x460 in {seconds:.1f}s")
     data_dir = os.path.join(root, "tfds")
-    _, seconds = _timed(
-        lambda: ip.prepare(data_dir=data_dir, dataset="breakhis/custom", manual_dir=os.path.join(root, "manual"))
-    )
+    _, seconds = timed(lambda: input_pipeline.prepare(data_dir=data_dir, dataset="breakhis/custom", manual_dir=manual))
     print(f"TFDS build: {seconds:.1f}s")
-    height, width = _HEIGHT.value, _WIDTH.value
-    source = ip.open_source(data_dir, "breakhis/custom")
-    files = [os.path.join(root, "manual", f) for f in ip.read_table(source).filename]
-    n = len(files)
+    source = input_pipeline.open_source(data_dir, "breakhis/custom")
+    return data_dir, [os.path.join(manual, f) for f in input_pipeline.read_table(source).filename]
 
-    _, t_baseline = _timed(lambda: baseline_pil(files, height, width))
-    config = ip.InputConfig(
+
+def measure_rates(data_dir: str, files: list[str], height: int, width: int) -> dict[str, float]:
+    """Images/s of the PIL baseline, bcjax's first (decoding) pass and its cached passes."""
+    n = len(files)
+    _, t_baseline = timed(lambda: baseline_pil(files, height, width))
+    config = input_pipeline.InputConfig.from_config(
+        default.get_config(),
+        normalization="imagenet",
+        split_kwargs={},
         data_dir=data_dir,
         dataset="breakhis/custom",
         split="recipe_a",
@@ -91,19 +96,26 @@ def main(argv: list[str]) -> None:
         width=width,
         decode_threads=_THREADS.value,
     )
-    data, t_first = _timed(lambda: ip.load(config, progress=False))
+    data, t_first = timed(lambda: input_pipeline.load(config, progress=False))
     cached_images = max(n, 20 * _BATCH.value)
-    _, t_cached = _timed(lambda: cached_pass(data, cached_images, _BATCH.value, aug.AugmentConfig()))
-    flips = aug.AugmentConfig(flip_horizontal=True, flip_vertical=True, rotate90=True)
-    _, t_augmented = _timed(lambda: cached_pass(data, cached_images, _BATCH.value, flips))
-
+    _, t_cached = timed(lambda: cached_pass(data, cached_images, _BATCH.value, AugmentConfig()))
+    flips = AugmentConfig(flip_horizontal=True, flip_vertical=True, rotate90=True)
+    _, t_augmented = timed(lambda: cached_pass(data, cached_images, _BATCH.value, flips))
     served = (cached_images // _BATCH.value) * _BATCH.value
-    rates = {
+    return {
         "baseline_pil_per_file": n / t_baseline,
         "first_pass_decode_to_cache": n / t_first,
         "cached_pass": served / t_cached,
         "cached_pass_flips_rotations": served / t_augmented,
     }
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    root = _WORKDIR.value or tempfile.mkdtemp(prefix="bcjax-bench-input-")
+    data_dir, files = prepare_dataset(root)
+    height, width, n = _HEIGHT.value, _WIDTH.value, len(files)
+    rates = measure_rates(data_dir, files, height, width)
     print(
         f"\nInput pipeline, {n} BreakHis-sized PNGs (700x460) -> {height}x{width}, "
         f"{os.cpu_count()} CPU cores, {_THREADS.value} decoder threads"
@@ -111,19 +123,17 @@ def main(argv: list[str]) -> None:
     print(f"{'path':<32}{'images/s':>12}{'x baseline':>12}")
     for name, rate in rates.items():
         print(f"{name:<32}{rate:>12.1f}{rate / rates['baseline_pil_per_file']:>12.1f}")
-    if _JSON_OUT.value:
-        record = {
-            "images": n,
-            "height": height,
-            "width": width,
-            "batch": _BATCH.value,
-            "cpu_count": os.cpu_count(),
-            "threads": _THREADS.value,
-            "machine": platform.platform(),
-            "images_per_second": rates,
-        }
-        with open(_JSON_OUT.value, "w") as f:
-            json.dump(record, f, indent=2)
+    record = {
+        "images": n,
+        "height": height,
+        "width": width,
+        "batch": _BATCH.value,
+        "cpu_count": os.cpu_count(),
+        "threads": _THREADS.value,
+        "machine": platform.platform(),
+        "images_per_second": rates,
+    }
+    write_json(_JSON_OUT.value, record)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ This is the profile behind the 1x1-as-matrix-product change (BENCHMARKS.md).
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
 from bcjax.models import resnet
+from benchmarking import timing
 
 _HEIGHT = flags.DEFINE_integer("height", 96, "Input height.")
 _WIDTH = flags.DEFINE_integer("width", 144, "Input width.")
@@ -52,15 +53,12 @@ def resnet50_layers(height: int, width: int) -> list[tuple[Layer, int]]:
     return layers
 
 
-def mean_ms(fn, *args) -> float:
-    jax.block_until_ready(fn(*args))
-    start = time.perf_counter()
-    for _ in range(_REPS.value):
-        jax.block_until_ready(fn(*args))
-    return 1000 * (time.perf_counter() - start) / _REPS.value
+def mean_ms(fn: Callable, *args: jax.Array) -> float:
+    """Milliseconds per call of `fn(*args)` alone (each call synced), after a compiling call."""
+    return 1000 * timing.mean_seconds(lambda: fn(*args), _REPS.value, jax.block_until_ready)
 
 
-def time_layer(layer: Layer, conv) -> tuple[float, float]:
+def time_layer(layer: Layer, conv: Callable) -> tuple[float, float]:
     """Forward and backward milliseconds of one conv implementation."""
     _, height, width, cin, cout, size, stride = layer
     x = jax.random.normal(jax.random.key(0), (_BATCH.value, height, width, cin))

@@ -1,9 +1,10 @@
-"""Image operations: augmentation parameters, stain operations and normalisers."""
+"""Image operations (bcjax.augment): augmentation parameters, stain operations; and the normalisers
+(bcjax.normalization) on the same images."""
 
 import numpy as np
 import pytest
 
-from bcjax import augment as aug
+from bcjax import augment, normalization
 
 
 @pytest.fixture
@@ -15,44 +16,44 @@ def image():
 
 
 def test_identity_parameters_change_nothing(image):
-    params = aug.sample_params(aug.AugmentConfig(), np.random.default_rng(0), *image.shape[:2])
-    np.testing.assert_array_equal(aug.apply_params(image, params), image)
+    params = augment.sample_params(augment.AugmentConfig(), np.random.default_rng(0), *image.shape[:2])
+    np.testing.assert_array_equal(augment.apply_params(image, params), image)
 
 
 def test_flips_and_rotation_follow_the_parameters(image):
-    base = aug.sample_params(aug.AugmentConfig(), np.random.default_rng(0), *image.shape[:2])
-    flipped = aug.apply_params(image, base.__class__(**{**base.__dict__, "flip_horizontal": True}))
+    base = augment.sample_params(augment.AugmentConfig(), np.random.default_rng(0), *image.shape[:2])
+    flipped = augment.apply_params(image, base.__class__(**{**base.__dict__, "flip_horizontal": True}))
     np.testing.assert_array_equal(flipped, image[:, ::-1])
-    rotated = aug.apply_params(image, base.__class__(**{**base.__dict__, "rotate90": 2}))
+    rotated = augment.apply_params(image, base.__class__(**{**base.__dict__, "rotate90": 2}))
     np.testing.assert_array_equal(rotated, np.rot90(image, 2))
 
 
 def test_non_square_images_rotate_by_180_only(image):
-    config = aug.AugmentConfig(rotate90=True)
-    ks = {aug.sample_params(config, np.random.default_rng(s), 24, 36).rotate90 for s in range(40)}
+    config = augment.AugmentConfig(rotate90=True)
+    ks = {augment.sample_params(config, np.random.default_rng(s), 24, 36).rotate90 for s in range(40)}
     assert ks == {0, 2}
-    ks = {aug.sample_params(config, np.random.default_rng(s), 32, 32).rotate90 for s in range(40)}
+    ks = {augment.sample_params(config, np.random.default_rng(s), 32, 32).rotate90 for s in range(40)}
     assert ks == {0, 1, 2, 3}
 
 
 def test_random_crop_stays_inside_and_keeps_shape(image):
-    config = aug.AugmentConfig(crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.33))
+    config = augment.AugmentConfig(crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.33))
     for seed in range(20):
-        params = aug.sample_params(config, np.random.default_rng(seed), *image.shape[:2])
+        params = augment.sample_params(config, np.random.default_rng(seed), *image.shape[:2])
         y0, x0, h, w = params.crop
         assert 0 <= y0 and 0 <= x0 and y0 + h <= 24 + 1e-9 and x0 + w <= 36 + 1e-9
-        assert aug.apply_params(image, params).shape == image.shape
+        assert augment.apply_params(image, params).shape == image.shape
 
 
 def test_hed_jitter_is_identity_at_unit_scale_and_zero_shift(image):
     pixels = image.astype(np.float32)
-    np.testing.assert_allclose(aug.hed_jitter(pixels, np.ones(3), np.zeros(3)), pixels, atol=1e-2)
-    assert np.abs(aug.hed_jitter(pixels, np.array([1.3, 1, 1]), np.zeros(3)) - pixels).max() > 1
+    np.testing.assert_allclose(augment.hed_jitter(pixels, np.ones(3), np.zeros(3)), pixels, atol=1e-2)
+    assert np.abs(augment.hed_jitter(pixels, np.array([1.3, 1, 1]), np.zeros(3)) - pixels).max() > 1
 
 
 def test_macenko_maps_different_stainings_closer_together(image):
     pinker = np.clip(image.astype(int) * [1.0, 0.85, 1.0], 0, 255).astype(np.uint8)
-    a, b = aug.macenko_normalize(image), aug.macenko_normalize(pinker)
+    a, b = augment.macenko_normalize(image), augment.macenko_normalize(pinker)
     assert a.shape == image.shape and a.dtype == np.uint8
     before = np.abs(image.astype(int) - pinker).mean()
     after = np.abs(a.astype(int) - b).mean()
@@ -61,32 +62,36 @@ def test_macenko_maps_different_stainings_closer_together(image):
 
 def test_macenko_leaves_blank_images_alone():
     blank = np.full((8, 8, 3), 250, np.uint8)
-    np.testing.assert_array_equal(aug.macenko_normalize(blank), blank)
+    np.testing.assert_array_equal(augment.macenko_normalize(blank), blank)
 
 
 def test_normalizers_match_their_definitions(image):
     x = image[None].astype(np.float32)
-    imagenet = aug.make_normalizer("imagenet")(image[None])
-    np.testing.assert_allclose(imagenet, (x / 255 - aug.IMAGENET_MEAN) / aug.IMAGENET_STD, rtol=1e-5, atol=1e-5)
-    caffe = aug.make_normalizer("caffe")(image[None])
-    np.testing.assert_allclose(caffe, x[..., ::-1] - aug.CAFFE_BGR_MEAN, atol=1e-4)
-    tf_style = aug.make_normalizer("tf")(image[None])
+    imagenet = normalization.make_normalizer("imagenet")(image[None])
+    np.testing.assert_allclose(
+        imagenet, (x / 255 - normalization.IMAGENET_MEAN) / normalization.IMAGENET_STD, rtol=1e-5, atol=1e-5
+    )
+    caffe = normalization.make_normalizer("caffe")(image[None])
+    np.testing.assert_allclose(caffe, x[..., ::-1] - normalization.CAFFE_BGR_MEAN, atol=1e-4)
+    tf_style = normalization.make_normalizer("tf")(image[None])
     np.testing.assert_allclose(tf_style, x / 127.5 - 1, atol=1e-5)
 
 
 def test_zscore_uses_training_statistics(image):
-    normalizer = aug.make_normalizer("zscore", np.stack([image, image[::-1]]))
+    normalizer = normalization.make_normalizer("zscore", np.stack([image, image[::-1]]))
     out = normalizer(image[None])
     np.testing.assert_allclose(out.reshape(-1, 3).mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(out.reshape(-1, 3).std(0), 1, atol=1e-3)
     with pytest.raises(ValueError, match="training images"):
-        aug.make_normalizer("zscore")
+        normalization.make_normalizer("zscore")
     with pytest.raises(ValueError, match="imagenet"):
-        aug.make_normalizer("nope")
+        normalization.make_normalizer("nope")
 
 
 def test_random_augment_is_deterministic_per_rng(image):
-    transform = aug.RandomAugment(aug.AugmentConfig(flip_vertical=True, brightness=0.1, contrast=0.2, hed_sigma=0.05))
+    transform = augment.RandomAugment(
+        augment.AugmentConfig(flip_vertical=True, brightness=0.1, contrast=0.2, hed_sigma=0.05)
+    )
     a = transform({"image": image}, np.random.default_rng(7))["image"]
     b = transform({"image": image}, np.random.default_rng(7))["image"]
     np.testing.assert_array_equal(a, b)

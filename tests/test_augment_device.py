@@ -16,10 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bcjax import augment as aug
-from bcjax import augment_device as ad
+from bcjax import augment, augment_device
 
-FULL = aug.AugmentConfig(
+FULL = augment.AugmentConfig(
     flip_horizontal=True,
     flip_vertical=True,
     rotate90=True,
@@ -29,8 +28,8 @@ FULL = aug.AugmentConfig(
     contrast=0.2,
     hed_sigma=0.05,
 )
-apply = jax.jit(ad.apply_params_device)
-sample = jax.jit(ad.sample_params_device, static_argnums=(0, 2, 3, 4))
+apply = jax.jit(augment_device.apply_params_device)
+sample = jax.jit(augment_device.sample_params_device, static_argnums=(0, 2, 3, 4))
 
 
 def _image(height, width, seed=0):
@@ -42,15 +41,15 @@ def _image(height, width, seed=0):
 
 
 def _host_and_device(config, image, draws=300):
-    params = [aug.sample_params(config, np.random.default_rng(s), *image.shape[:2]) for s in range(draws)]
-    host = np.stack([aug.apply_params(image, p) for p in params])
-    device = np.asarray(apply(jnp.asarray(np.repeat(image[None], draws, 0)), ad.params_from_host(params)))
+    params = [augment.sample_params(config, np.random.default_rng(s), *image.shape[:2]) for s in range(draws)]
+    host = np.stack([augment.apply_params(image, p) for p in params])
+    device = np.asarray(apply(jnp.asarray(np.repeat(image[None], draws, 0)), augment_device.params_from_host(params)))
     return host.astype(int), device.astype(int)
 
 
 @pytest.mark.parametrize("shape", [(24, 36), (32, 32)])
 def test_flips_and_rotations_are_exact(shape):
-    config = aug.AugmentConfig(flip_horizontal=True, flip_vertical=True, rotate90=True)
+    config = augment.AugmentConfig(flip_horizontal=True, flip_vertical=True, rotate90=True)
     host, device = _host_and_device(config, _image(*shape), draws=40)
     np.testing.assert_array_equal(device, host)
 
@@ -58,8 +57,8 @@ def test_flips_and_rotations_are_exact(shape):
 @pytest.mark.parametrize(
     "config, max_levels, max_fraction",
     [
-        (aug.AugmentConfig(brightness=0.1, contrast=0.2, hed_sigma=0.05), 1, 1e-4),
-        (aug.AugmentConfig(crop_scale=(0.08, 1.0), crop_ratio=(0.75, 1.33)), 1, 5e-4),
+        (augment.AugmentConfig(brightness=0.1, contrast=0.2, hed_sigma=0.05), 1, 1e-4),
+        (augment.AugmentConfig(crop_scale=(0.08, 1.0), crop_ratio=(0.75, 1.33)), 1, 5e-4),
         (FULL, 2, 5e-4),
     ],
     ids=["colour", "crop", "all"],
@@ -73,14 +72,14 @@ def test_device_matches_host_on_the_same_parameters(config, max_levels, max_frac
 
 def test_identity_parameters_change_nothing():
     image = _image(24, 36)
-    params = sample(aug.AugmentConfig(), jax.random.key(0), 4, 24, 36)
+    params = sample(augment.AugmentConfig(), jax.random.key(0), 4, 24, 36)
     out = apply(jnp.asarray(np.repeat(image[None], 4, 0)), params)
     np.testing.assert_array_equal(np.asarray(out), np.repeat(image[None], 4, 0))
 
 
 def _host_params(config, height, width, draws):
-    return ad.params_from_host(
-        [aug.sample_params(config, np.random.default_rng(s), height, width) for s in range(draws)]
+    return augment_device.params_from_host(
+        [augment.sample_params(config, np.random.default_rng(s), height, width) for s in range(draws)]
     )
 
 
@@ -111,6 +110,6 @@ def test_sampler_has_the_host_distributions():
 def test_square_images_take_all_four_rotations_and_disabled_ones_none():
     rotations = np.asarray(sample(FULL, jax.random.key(2), 4000, 32, 32)["rotate90"])
     np.testing.assert_allclose(np.bincount(rotations, minlength=4) / 4000, 0.25, atol=0.03)
-    off = jax.device_get(sample(aug.AugmentConfig(), jax.random.key(2), 50, 32, 32))
+    off = jax.device_get(sample(augment.AugmentConfig(), jax.random.key(2), 50, 32, 32))
     assert not off["rotate90"].any() and not off["flip_h"].any() and not off["flip_v"].any()
     assert (off["h"] == 32).all() and (off["contrast"] == 1).all() and (off["brightness"] == 0).all()

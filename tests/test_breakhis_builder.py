@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,8 +16,17 @@ import tensorflow_datasets as tfds
 
 import bcjax.datasets.breakhis  # noqa: F401  (registers `breakhis`)
 from bcjax.datasets import synthetic
-from bcjax.datasets.breakhis import BreakHisBuildError
-from bcjax.datasets.breakhis import breakhis_dataset_builder as bh
+from bcjax.datasets.breakhis import (
+    ARCHIVE_NAME,
+    FILE_RE,
+    PUBLISHED_IMAGES,
+    PUBLISHED_PATIENTS,
+    TUMOR_TYPES_BY_CODE,
+    BreakHisBuildError,
+    is_source_image,
+)
+
+README = os.path.join(os.path.dirname(bcjax.datasets.breakhis.__file__), "README.md")
 
 
 def _build(manual_dir, data_dir, config="custom"):
@@ -26,7 +36,7 @@ def _build(manual_dir, data_dir, config="custom"):
 
 
 def _sob_files(root):
-    return sorted(str(p.relative_to(root.parent)) for p in root.rglob("SOB*.png") if bh.is_source_image(p.name))
+    return sorted(str(p.relative_to(root.parent)) for p in root.rglob("SOB*.png") if is_source_image(p.name))
 
 
 def _records(data_dir, config="custom"):
@@ -51,8 +61,8 @@ def test_folder_build_parses_every_feature(synthetic_tree, prepared_data_dir):
     names = {k: info.features[k].names for k in ("label", "tumor_type", "magnification")}
     for record in records:
         filename = record["filename"].decode()
-        bm, code, year, slide, mag, _ = bh.FILE_RE.match(filename.rsplit("/", 1)[1]).groups()
-        folder, cls = bh._TYPE_BY_CODE[code]
+        bm, code, year, slide, mag, _ = FILE_RE.match(filename.rsplit("/", 1)[1]).groups()
+        folder, _, cls = TUMOR_TYPES_BY_CODE[code]
         assert names["label"][record["label"]] == cls == ("benign" if bm == "B" else "malignant")
         assert names["tumor_type"][record["tumor_type"]] == folder
         assert names["magnification"][record["magnification"]] == f"{mag}X"
@@ -88,7 +98,7 @@ def test_summary_counts_duplicates_and_sizes(prepared_data_dir, synthetic_tree):
 def test_tar_build_equals_folder_build(synthetic_tree, prepared_data_dir, tmp_path):
     manual = tmp_path / "tar_only"
     manual.mkdir()
-    shutil.copy(synthetic_tree.tar_path, manual / bh.ARCHIVE_NAME)
+    shutil.copy(synthetic_tree.tar_path, manual / ARCHIVE_NAME)
     _build(manual, tmp_path / "data")
     from_tar = _records(tmp_path / "data")
     from_folder = _records(prepared_data_dir)
@@ -143,17 +153,17 @@ def test_archive_config_reports_every_count_that_differs(synthetic_tree, tmp_pat
 
 
 def test_published_counts_match_reference_totals():
-    totals = np.array(list(bh.PUBLISHED_IMAGES.values()))
+    totals = np.array(list(PUBLISHED_IMAGES.values()))
     assert totals.sum() == 7909
     assert list(totals.sum(0)) == [1995, 2081, 2013, 1820]
-    assert sum(bh.PUBLISHED_PATIENTS.values()) == 82
+    assert sum(PUBLISHED_PATIENTS.values()) == 82
 
 
 def test_truncated_archive_is_a_clear_error(synthetic_tree, tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
     data = synthetic_tree.tar_path.read_bytes()
-    (manual / bh.ARCHIVE_NAME).write_bytes(data[: len(data) // 2])
+    (manual / ARCHIVE_NAME).write_bytes(data[: len(data) // 2])
     with pytest.raises(BreakHisBuildError, match="truncated or corrupt"):
         _build(manual, tmp_path / "data")
 
@@ -161,7 +171,7 @@ def test_truncated_archive_is_a_clear_error(synthetic_tree, tmp_path):
 def test_unsafe_archive_members_are_refused(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
-    with tarfile.open(manual / bh.ARCHIVE_NAME, "w:gz") as tar:
+    with tarfile.open(manual / ARCHIVE_NAME, "w:gz") as tar:
         for name in ("BreaKHis_v1/ok.txt", "../escape.png", "/abs/SOB_x.png"):
             info = tarfile.TarInfo(name)
             info.size = 1
@@ -190,3 +200,32 @@ def test_building_and_reading_do_not_import_tensorflow(synthetic_tree, tmp_path)
         assert "jax" not in sys.modules, "the builder pulled in JAX"
     """)
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+
+
+# The README's placeholders, pointed at a small synthetic tree and the 'custom' config (the
+# 'archive' config insists on the published counts); '~' is a fresh HOME for each block.
+_README_PLACEHOLDERS = {
+    "/data/breakhis": "{manual_dir}",
+    "breakhis/archive": "breakhis/custom",
+    "--config=archive": "--config=custom",
+}
+
+
+def test_every_readme_command_runs(tmp_path):
+    """Each code block of the builder's README, run as a user would (python -c, bash), builds and reads."""
+    text = open(README).read()
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.M | re.S)
+    assert blocks and {language for language, _ in blocks} <= {"bash", "python"}
+    assert all(placeholder in text for placeholder in _README_PLACEHOLDERS)
+    tree = _small_tree(tmp_path, magnifications=[40])
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]  # `python` is this one
+    for i, (language, code) in enumerate(blocks):
+        home = tmp_path / f"home{i}"
+        for placeholder, value in _README_PLACEHOLDERS.items():
+            code = code.replace(placeholder, value.format(manual_dir=tree.root.parent))
+        command = [sys.executable, "-c", code] if language == "python" else ["bash", "-euo", "pipefail", "-c", code]
+        env = {**os.environ, "HOME": str(home), "PATH": path}
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f"README {language} block failed:\n{code}\n{result.stderr[-3000:]}"
+        assert len(_records(home / "tensorflow_datasets")) == tree.num_images
+    assert not (tmp_path / "~").exists()  # a '~' that nothing expanded

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bcjax import convert
+from bcjax import convert, normalization, pretrained
 from bcjax.models import create_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -61,7 +61,7 @@ def abstract_model(arch, layout="v1.5", num_classes=1000):
 
 def converted_model(converted, arch, layout):
     model = abstract_model(arch, layout)
-    convert.apply_converted(model, converted, load_head=True)
+    pretrained.apply_converted(model, converted, load_head=True)
     return model
 
 
@@ -132,15 +132,15 @@ def test_torchvision_resnet18_through_cli_and_load_pretrained(resnet18_pth, tmp_
     assert sorted(p.name for p in out.iterdir()) == ["backbone", "imagenet_head", "metadata.json"]
 
     model = abstract_model("resnet18")
-    meta = convert.load_pretrained(model, out, load_head=True)
+    meta = pretrained.load_pretrained(model, out, load_head=True)
     assert meta == {
-        "format": convert.FORMAT,
+        "format": pretrained.FORMAT,
         "architecture": "resnet18",
         "layout": "v1.5",
         "source": "torchvision",
         "bn_epsilon": 1e-5,
         "imagenet_classes": 1000,
-        "preprocessing": convert.PREPROCESSING["torch"],
+        "preprocessing": normalization.PREPROCESSING["torch"],
         "input_file": "resnet18.pth",
         "input_sha256": sha,
     }
@@ -164,7 +164,7 @@ def test_timm_resnet50_safetensors(torch, tmp_path):
     path = tmp_path / "model.safetensors"
     save_file(model.state_dict(), path)
     converted = convert.convert_file(path, "timm")
-    assert converted.metadata["preprocessing"] == convert.PREPROCESSING["torch"]
+    assert converted.metadata["preprocessing"] == normalization.PREPROCESSING["torch"]
     assert_matches(
         "timm resnet50 (.safetensors)",
         jax_outputs(converted_model(converted, "resnet50", "v1.5")),
@@ -272,7 +272,7 @@ def test_keras_with_top(keras, keras_case):
     converted = convert.convert_file(keras_case.top, "keras")
     meta = converted.metadata
     assert (meta["layout"], meta["bn_epsilon"], meta["imagenet_classes"]) == (keras_case.layout, 1.001e-5, 1000)
-    assert meta["preprocessing"] == convert.PREPROCESSING[keras_case.preprocessing]
+    assert meta["preprocessing"] == normalization.PREPROCESSING[keras_case.preprocessing]
     model = converted_model(converted, "resnet50", keras_case.layout)
     assert_matches(
         f"Keras {keras_case.model.name} (published .h5 layout)",
@@ -294,7 +294,7 @@ def test_keras_notop_full_model_file(keras_case):
 def test_keras3_weights_h5_is_refused_clearly(keras_case, tmp_path):
     path = tmp_path / "model.weights.h5"
     keras_case.model.save_weights(path)
-    with pytest.raises(convert.ConversionError, match="not a legacy Keras HDF5 weights file"):
+    with pytest.raises(pretrained.ConversionError, match="not a legacy Keras HDF5 weights file"):
         convert.convert_file(path, "keras")
 
 
@@ -302,7 +302,7 @@ def test_keras3_weights_h5_is_refused_clearly(keras_case, tmp_path):
 def test_preprocess_matches_keras_preprocess_input(keras, mode):
     images = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
     expected = keras.applications.imagenet_utils.preprocess_input(images.astype("float32"), mode=mode)
-    ours = convert.preprocess(images, convert.PREPROCESSING[mode])
+    ours = pretrained.preprocess(images, normalization.PREPROCESSING[mode])
     assert ours.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-6, atol=1e-4)
 
@@ -345,7 +345,7 @@ def test_truncated_file(torch, resnet18_pth, tmp_path, suffix):
         save_file(torch.load(path, weights_only=True), whole)
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    with pytest.raises(convert.ConversionError, match="truncated, corrupt"):
+    with pytest.raises(pretrained.ConversionError, match="truncated, corrupt"):
         convert.convert_file(truncated, "torchvision" if suffix == ".pth" else "timm")
 
 
@@ -353,7 +353,7 @@ def test_truncated_keras_file(keras_case, tmp_path):
     top = keras_case.top
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(top.read_bytes()[: top.stat().st_size // 2])
-    with pytest.raises(convert.ConversionError, match="truncated, corrupt"):
+    with pytest.raises(pretrained.ConversionError, match="truncated, corrupt"):
         convert.convert_file(truncated, "keras")
 
 
@@ -382,43 +382,43 @@ def test_every_missing_unexpected_and_misshapen_key_is_listed(torch, resnet18_pt
 def test_hash_in_torch_hub_file_name_is_checked(resnet18_pth, tmp_path):
     renamed = tmp_path / "resnet18-0123abcd.pth"  # torchvision names: sha256 prefix
     renamed.write_bytes(resnet18_pth[0].read_bytes())
-    with pytest.raises(convert.ConversionError, match="does not start with 0123abcd"):
+    with pytest.raises(pretrained.ConversionError, match="does not start with 0123abcd"):
         convert.convert_file(renamed, "torchvision")
 
 
 def test_existing_output_is_not_touched(resnet18_pth, tmp_path):
     (tmp_path / "out").mkdir()
-    with pytest.raises(convert.ConversionError, match="exists"):
-        convert.save_converted(convert.convert_file(resnet18_pth[0], "torchvision"), tmp_path / "out")
+    with pytest.raises(pretrained.ConversionError, match="exists"):
+        pretrained.save_converted(convert.convert_file(resnet18_pth[0], "torchvision"), tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
 
 
 @pytest.fixture(scope="module")
 def resnet18_dir(resnet18_pth, tmp_path_factory):
     out = tmp_path_factory.mktemp("converted") / "r18"
-    return convert.save_converted(convert.convert_file(resnet18_pth[0], "torchvision"), out)
+    return pretrained.save_converted(convert.convert_file(resnet18_pth[0], "torchvision"), out)
 
 
 def test_load_pretrained_refuses_another_architecture(resnet18_dir):
-    with pytest.raises(convert.ConversionError, match=r"create_model\('resnet18', 'v1.5'"):
-        convert.load_pretrained(abstract_model("resnet50"), resnet18_dir)
+    with pytest.raises(pretrained.ConversionError, match=r"create_model\('resnet18', 'v1.5'"):
+        pretrained.load_pretrained(abstract_model("resnet50"), resnet18_dir)
 
 
 def test_load_pretrained_head_only_when_asked_and_shapes_match(resnet18_dir):
     model = abstract_model("resnet18", num_classes=2)
-    convert.load_pretrained(model, resnet18_dir)
+    pretrained.load_pretrained(model, resnet18_dir)
     assert isinstance(model.backbone.stem_conv.kernel.get_value(), jax.Array)
     assert isinstance(model.head.dense.kernel.get_value(), jax.ShapeDtypeStruct)  # left alone
     wrong_head = r"wrong shape: dense/kernel is \(512, 1000\), expected \(512, 2\)"
-    with pytest.raises(convert.ConversionError, match=wrong_head):
-        convert.load_pretrained(model, resnet18_dir, load_head=True)
+    with pytest.raises(pretrained.ConversionError, match=wrong_head):
+        pretrained.load_pretrained(model, resnet18_dir, load_head=True)
 
 
 @pytest.mark.parametrize("mode", ["torch", "caffe", "tf"])
 def test_trainer_normalisation_matches_the_weights_preprocessing(mode):
     """`data.normalization='auto'` picks a named normaliser; it must equal the file's own preprocessing."""
-    from bcjax import augment, train
-
     images = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
-    named = augment.make_normalizer(train.PRETRAINED_NORMALIZATION[mode])(images)
-    np.testing.assert_allclose(named, convert.preprocess(images, convert.PREPROCESSING[mode]), rtol=1e-5, atol=1e-4)
+    named = normalization.make_normalizer(normalization.normalization_for_preprocessing(mode))(images)
+    np.testing.assert_allclose(
+        named, pretrained.preprocess(images, normalization.PREPROCESSING[mode]), rtol=1e-5, atol=1e-4
+    )

@@ -11,11 +11,10 @@ import pytest
 import tiny_config
 from etils import epath
 
-from bcjax import augment as aug
-from bcjax import input_pipeline as ip
-from bcjax import parallel, reports, train
+from bcjax import components, device_data, input_pipeline, parallel, train, workdir_guard
+from bcjax.augment import AugmentConfig
 
-batch_of = jax.jit(ip.device_batch)
+batch_of = jax.jit(device_data.device_batch)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def data(prepared_data_dir):
     config = tiny_config.get_config(str(prepared_data_dir))
     config.data.balance = True
     config.data.augment.update(rotate90=True, crop_scale=(0.5, 1.0), hed_sigma=0.05)
-    return ip.load(train.input_config(config, None, None), progress=False)
+    return input_pipeline.load(train.input_config(config, None, None), progress=False)
 
 
 def _batches(data, devices, steps, shard=True):
@@ -60,15 +59,15 @@ def test_an_epoch_draws_every_training_row_once_with_its_labels(data):
 
 
 def test_without_augmentation_the_images_are_the_cached_ones(data):
-    resident = dataclasses.replace(data.on_devices(8, parallel.make_mesh()), augment=aug.AugmentConfig())
+    resident = dataclasses.replace(data.on_devices(8, parallel.make_mesh()), augment=AugmentConfig())
     batch = jax.device_get(batch_of(resident, jnp.int32(1)))
     np.testing.assert_array_equal(batch["image"], np.stack([data.cache.image(r) for r in batch["index"]]))
 
 
 def test_fits_on_device_bounds_cpu_copies():
     cpus = jax.devices()  # no memory statistics: all copies share host RAM
-    assert ip.fits_on_device(ip.CPU_DEVICE_BYTES // len(cpus), cpus)
-    assert not ip.fits_on_device(ip.CPU_DEVICE_BYTES // len(cpus) + 1, cpus)
+    assert device_data.fits_on_device(device_data.CPU_DEVICE_BYTES // len(cpus), cpus)
+    assert not device_data.fits_on_device(device_data.CPU_DEVICE_BYTES // len(cpus) + 1, cpus)
 
 
 def _records(workdir):
@@ -103,35 +102,21 @@ def test_auto_keeps_the_path_the_workdir_chose(data, prepared_data_dir, tmp_path
     assert config.data.device_resident == "auto"
     mesh = parallel.make_mesh()
     workdir = epath.Path(tmp_path)
-    assert train.device_data(config, data, mesh, workdir) is not None  # room on the devices
-    record = workdir / reports.DATA_PATH_FILE
+    assert train.place_training_data(config, data, mesh, workdir) is not None  # room on the devices
+    record = workdir / workdir_guard.DATA_PATH_CHOICE_FILE
     assert json.loads(record.read_text())["device_resident"] is True
     record.write_text(json.dumps({"device_resident": False}))  # as if chosen on a machine without room
-    assert train.device_data(config, data, mesh, workdir) is None
+    assert train.place_training_data(config, data, mesh, workdir) is None
 
 
 def test_device_path_steps_never_touch_the_host_and_donate_the_state(data, prepared_data_dir):
     """No implicit host<->device transfer inside the training loop's steps; the old state is donated."""
-    from bcjax import losses, optimizers
-
     config = tiny_config.get_config(str(prepared_data_dir))
     mesh = parallel.make_mesh()
-    model, _ = train.build_model(config)
-    tx = optimizers.make_optimizer(config.optimizer, 10)
-    graphdef, state = train.initial_state(model, tx)
     resident = data.on_devices(config.batch_size, mesh)
-    steps = train.make_steps(
-        graphdef,
-        state,
-        tx=tx,
-        mesh=mesh,
-        loss_fn=losses.make_loss("softmax_ce", num_classes=2),
-        normalizer=data.normalizer,
-        target="label",
-        shard_params=False,
-        device_data=resident,
+    steps, state = components.build_steps(
+        config, mesh, normalizer=data.normalizer, total_steps=10, device_data=resident
     )
-    state = jax.device_put(state, steps.state_sharding)
     state, _ = steps.train(state, resident)  # compiles outside the guard
     with jax.transfer_guard("disallow"):
         for _ in range(3):

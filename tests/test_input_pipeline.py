@@ -1,19 +1,21 @@
 """The grain input pipeline on a prepared synthetic BreakHis: cache, batches, sharding, state."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+import tiny_config
 
-from bcjax import augment as aug
-from bcjax import input_pipeline as ip
+from bcjax import input_pipeline
+from bcjax.augment import AugmentConfig
 
 
 @pytest.fixture(scope="module")
 def data(prepared_data_dir):
-    config = ip.InputConfig(
+    config = tiny_config.input_config(
         data_dir=str(prepared_data_dir),
         dataset="breakhis/custom",
         height=32,
@@ -22,7 +24,7 @@ def data(prepared_data_dir):
         split_kwargs={"k": 3, "fold": 1},
         seed=3,
     )
-    return ip.load(config, progress=False)
+    return input_pipeline.load(config, progress=False)
 
 
 def test_load_splits_and_caches_every_needed_image(data):
@@ -36,9 +38,9 @@ def test_load_splits_and_caches_every_needed_image(data):
 
 
 def test_cache_holds_the_decoded_resized_image(data, prepared_data_dir):
-    source = ip.open_source(str(prepared_data_dir), "breakhis/custom")
+    source = input_pipeline.open_source(str(prepared_data_dir), "breakhis/custom")
     row = int(data.split.test[0])
-    expected = ip.decode_image(source[row]["image"], 32, 48)
+    expected = input_pipeline.decode_image(source[row]["image"], 32, 48)
     np.testing.assert_array_equal(data.cache.image(row), expected)
 
 
@@ -67,11 +69,13 @@ def test_train_iterator_state_restores_exactly(data):
 
 
 def test_global_batches_do_not_depend_on_the_number_of_processes(data):
-    augment = aug.AugmentConfig(flip_horizontal=True, hed_sigma=0.05)
-    single = iter(ip.train_dataset(data.cache, data.table, data.train_rows, global_batch=6, seed=1, augment=augment))
+    augment = AugmentConfig(flip_horizontal=True, hed_sigma=0.05)
+    single = iter(
+        input_pipeline.train_dataset(data.cache, data.table, data.train_rows, global_batch=6, seed=1, augment=augment)
+    )
     parts = [
         iter(
-            ip.train_dataset(
+            input_pipeline.train_dataset(
                 data.cache,
                 data.table,
                 data.train_rows,
@@ -105,7 +109,9 @@ def test_evaluation_counts_every_image_exactly_once(data, process_count):
     batches_per_process = set()
     for p in range(process_count):
         batches = list(
-            ip.eval_batches(data.cache, data.table, rows, local_batch=4, process_index=p, process_count=process_count)
+            input_pipeline.eval_batches(
+                data.cache, data.table, rows, local_batch=4, process_index=p, process_count=process_count
+            )
         )
         batches_per_process.add(len(batches))
         for batch in batches:
@@ -118,24 +124,24 @@ def test_evaluation_counts_every_image_exactly_once(data, process_count):
 def test_balancing_equalises_class_counts():
     classes = np.array([0] * 10 + [1] * 3 + [2] * 1)
     rows = np.arange(14)
-    balanced = ip.balanced_rows(rows, classes, seed=0)
+    balanced = input_pipeline.balanced_rows(rows, classes, seed=0)
     assert np.bincount(classes[balanced]).tolist() == [10, 10, 10]
     assert set(rows) <= set(balanced)
 
 
 def test_augmented_training_keeps_shapes(prepared_data_dir):
-    config = ip.InputConfig(
+    config = tiny_config.input_config(
         data_dir=str(prepared_data_dir),
         dataset="breakhis/custom",
         height=32,
         width=32,
         split="patient_holdout",
-        augment=aug.AugmentConfig(flip_horizontal=True, rotate90=True, crop_scale=(0.5, 1.0), hed_sigma=0.05),
+        augment=AugmentConfig(flip_horizontal=True, rotate90=True, crop_scale=(0.5, 1.0), hed_sigma=0.05),
         normalization="zscore",
         balance=True,
         target="tumor_type",
     )
-    data = ip.load(config, progress=False)
+    data = input_pipeline.load(config, progress=False)
     batch = next(iter(data.train(global_batch=6)))
     assert batch["image"].shape == (6, 32, 32, 3)
     assert data.num_classes == 8
@@ -144,17 +150,17 @@ def test_augmented_training_keeps_shapes(prepared_data_dir):
 
 
 def test_missing_dataset_says_what_to_do(tmp_path):
-    with pytest.raises(ip.DataNotFoundError) as error:
-        ip.open_source(str(tmp_path), "breakhis/archive")
+    with pytest.raises(input_pipeline.DataNotFoundError) as error:
+        input_pipeline.open_source(str(tmp_path), "breakhis/archive")
     message = str(error.value)
     assert "BreaKHis_v1.tar.gz" in message and "manual_dir" in message and "configs/demo.py" in message
 
 
 def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="data.target"):
-        ip.InputConfig(target="patient")
+        tiny_config.input_config(target="patient")
     with pytest.raises(ValueError, match="data.normalization"):
-        ip.InputConfig(normalization="minmax")
+        tiny_config.input_config(normalization="minmax")
 
 
 def test_batches_on_eight_devices_without_tensorflow(prepared_data_dir):
@@ -164,10 +170,12 @@ def test_batches_on_eight_devices_without_tensorflow(prepared_data_dir):
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
         os.environ["JAX_PLATFORMS"] = "cpu"
         import jax
-        from bcjax import input_pipeline as ip, parallel
-        config = ip.InputConfig(data_dir={str(prepared_data_dir)!r}, dataset="breakhis/custom", height=16, width=24,
-                                split="patient_holdout")
-        data = ip.load(config, progress=False)
+        from bcjax import input_pipeline, parallel
+        from configs import default
+        config = input_pipeline.InputConfig.from_config(default.get_config(), data_dir={str(prepared_data_dir)!r},
+                                            dataset="breakhis/custom", height=16, width=24, split="patient_holdout",
+                                            split_kwargs={{}}, normalization="imagenet")
+        data = input_pipeline.load(config, progress=False)
         mesh = parallel.make_mesh()
         assert mesh.devices.size == 8
         iterator = iter(data.train(16))
@@ -181,6 +189,7 @@ def test_batches_on_eight_devices_without_tensorflow(prepared_data_dir):
         assert "tensorflow" not in sys.modules, "reading imported TensorFlow"
         print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=repo)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok" in result.stdout

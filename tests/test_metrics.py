@@ -1,4 +1,4 @@
-"""bcjax.metrics against scikit-learn, hand-made patient cases, the patient bootstrap, CSV and plots."""
+"""bcjax.metrics against scikit-learn, hand-made patient cases, the patient bootstrap; the log text, CSV and plots."""
 
 import csv
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from bcjax import metrics
+from bcjax import evaluation_files, metrics, plots, report_text
 
 BINARY = ["benign", "malignant"]
 TYPES = [
@@ -247,19 +247,19 @@ def test_single_patient_and_no_bootstrap():
     assert report["overall"]["patients"] == 1
     json.dumps(report, allow_nan=False)
     assert report_of(split, BINARY, bootstrap_samples=0)["confidence_intervals"] == {}
-    assert "n/a" in metrics.format_summary(report, "leakage: none")
+    assert "n/a" in report_text.format_summary(report, "leakage: none")
 
 
 def test_format_summary():
     report = report_of(make_split(2), BINARY, bootstrap_samples=100)
     leakage = "leakage: none (0 of 12 test accessions seen in training)"
-    lines = metrics.format_summary(report, leakage).splitlines()
+    lines = report_text.format_summary(report, leakage).splitlines()
     assert 3 <= len(lines) <= 6
     accuracy_line = next(line for line in lines if line.startswith("accuracy "))
     assert leakage in accuracy_line and f"{report['overall']['accuracy']:.3f} [" in accuracy_line
     assert any("sensitivity" in line and "specificity" in line for line in lines)
     assert any("patient recognition rate" in line for line in lines)
-    multiclass = metrics.format_summary(report_of(make_split(8), TYPES, bootstrap_samples=0), leakage)
+    multiclass = report_text.format_summary(report_of(make_split(8), TYPES, bootstrap_samples=0), leakage)
     assert "sensitivity" not in multiclass and 3 <= len(multiclass.splitlines()) <= 6
 
 
@@ -303,7 +303,7 @@ def test_predictions_csv(tmp_path):
     split = make_split(8, images=50)
     n, predictions = 50, split["probabilities"].argmax(1)
     path = tmp_path / "predictions.csv"
-    metrics.write_predictions_csv(
+    evaluation_files.write_predictions_csv(
         path,
         filenames=[f"img{i}.png" for i in range(n)],
         patient_ids=split["patient_ids"],
@@ -334,7 +334,7 @@ def test_predictions_csv(tmp_path):
     assert [r["prediction"] for r in rows] == [TYPES[k] for k in predictions]
     assert np.array([[float(r[f"prob_{t}"]) for t in TYPES] for r in rows]) == pytest.approx(split["probabilities"])
     with pytest.raises(ValueError, match="differ in length"):
-        metrics.write_predictions_csv(
+        evaluation_files.write_predictions_csv(
             path,
             filenames=["x"],
             patient_ids=split["patient_ids"],
@@ -355,16 +355,16 @@ def assert_png(path):
 def test_plots_write_pngs(tmp_path):
     binary, multiclass = make_split(2), make_split(8)
     for name, split, names in (("binary", binary, BINARY), ("multiclass", multiclass, TYPES)):
-        metrics.plot_roc(
+        plots.plot_roc(
             split["probabilities"], split["labels"], split["magnifications"], names, tmp_path / f"roc_{name}.png"
         )
         assert_png(tmp_path / f"roc_{name}.png")
     confusion = metrics.classification_metrics(multiclass["probabilities"], multiclass["labels"], TYPES)
-    metrics.plot_confusion_matrix(confusion["confusion_matrix"], TYPES, tmp_path / "confusion.png", title="test")
+    plots.plot_confusion_matrix(confusion["confusion_matrix"], TYPES, tmp_path / "confusion.png", title="test")
     assert_png(tmp_path / "confusion.png")
     records = [{"step": s, "train/loss": 1 / (s + 1), "train/accuracy": s / 100} for s in range(100)]
     records += [{"step": s, "validation/loss": 2 / (s + 1), "validation/accuracy": s / 200} for s in range(0, 100, 20)]
-    metrics.plot_learning_curves(records, str(tmp_path / "curves.png"))  # str or path object
+    plots.plot_learning_curves(records, str(tmp_path / "curves.png"))  # str or path object
     assert_png(tmp_path / "curves.png")
 
 

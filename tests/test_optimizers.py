@@ -1,15 +1,15 @@
 """make_optimizer: the update rules, schedules, clipping, freezing, group learning rates, decay."""
 
-from types import SimpleNamespace
-
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
 from bcjax import optimizers
+from configs import default
 
 
 def _params():
@@ -24,7 +24,7 @@ def _ones(params):
 
 
 def _config(**fields):
-    config = optimizers.default_optimizer_config()
+    config = default.get_config().optimizer
     config.update(fields)
     return config
 
@@ -220,9 +220,12 @@ def test_param_labels_and_unknown_groups():
         optimizers.param_labels({"neck": {"w": jnp.zeros(2)}})
 
 
-def test_partial_config_takes_defaults():
-    config = SimpleNamespace(name="sgd", learning_rate=0.5)
-    np.testing.assert_allclose(_delta(_trajectory(config, 1), 0, "head", "bias"), -0.5)
+def test_defaults_come_from_the_config_file_only():
+    """No second set of defaults fills a partial config: configs/default.py is the one source."""
+    np.testing.assert_allclose(_delta(_trajectory(_config(name="sgd", learning_rate=0.5), 1), 0, "head", "bias"), -0.5)
+    partial = ml_collections.ConfigDict({"name": "sgd", "learning_rate": 0.5})
+    with pytest.raises(AttributeError, match="grad_clip_norm"):
+        optimizers.make_optimizer(partial, 10)
 
 
 class _Tiny(nnx.Module):

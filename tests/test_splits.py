@@ -8,17 +8,8 @@ import numpy as np
 import pytest
 
 from bcjax.datasets import splits
+from bcjax.datasets.breakhis import MAGNIFICATIONS, TUMOR_TYPE_CODES, TUMOR_TYPE_NAMES
 
-TYPE_DIRS = (
-    "adenosis",
-    "fibroadenoma",
-    "phyllodes_tumor",
-    "tubular_adenoma",
-    "ductal_carcinoma",
-    "lobular_carcinoma",
-    "mucinous_carcinoma",
-    "papillary_carcinoma",
-)
 # Per type: the patient count of the real archive and its quirky slide ids (YY-SLIDE); the rest
 # get unique accessions. 14-13412 is both a DC and an LC folder; 22549AB/CD/G share one accession,
 # 21998 spans PT and F, 29960 spans F and A.
@@ -40,7 +31,7 @@ DIGITS = re.compile(r"\d+")
 def make_records():
     """One record per image: 1-3 images per patient and magnification."""
     records, serial = [], 10000
-    for tumor_type, code in enumerate(splits.TUMOR_TYPES):
+    for tumor_type, code in enumerate(TUMOR_TYPE_CODES):
         count, quirky = PATIENTS[code]
         slides = quirky + [f"14-{serial + i}" for i in range(count - len(quirky))]
         serial += count
@@ -49,11 +40,11 @@ def make_records():
             b_m, cls = ("B", "benign") if tumor_type < 4 else ("M", "malignant")
             patient = f"SOB_{b_m}_{code}_{slide}"
             accession = f"{year}-{DIGITS.match(slide_id).group()}"
-            for m, mag in enumerate(splits.MAGNIFICATIONS):
+            for m, mag in enumerate(MAGNIFICATIONS):
                 for seq in range(1, 2 + (p + m) % 3):
                     records.append(
                         {
-                            "filename": f"BreaKHis_v1/histology_slides/breast/{cls}/SOB/{TYPE_DIRS[tumor_type]}/"
+                            "filename": f"BreaKHis_v1/histology_slides/breast/{cls}/SOB/{TUMOR_TYPE_NAMES[tumor_type]}/"
                             f"{patient}/{mag}/SOB_{b_m}_{code}-{year}-{slide_id}-{mag[:-1]}-{seq:03d}.png",
                             "patient_id": patient,
                             "accession": accession,
@@ -112,7 +103,7 @@ def test_patient_kfold_folds_are_grouped_stratified_and_partition_the_images(tab
     np.testing.assert_array_equal(np.sort(tests), np.arange(len(table)))
     units = splits._Units.of(table, table.accession)
     groups_per_type = units.types.sum(0)
-    folds_per_type = np.zeros(len(splits.TUMOR_TYPES), dtype=int)
+    folds_per_type = np.zeros(len(TUMOR_TYPE_CODES), dtype=int)
     for split in folds:
         assert_grouped(split)
         assert set(table.label[split.test]) == {0, 1}
@@ -156,7 +147,7 @@ def test_recipe_a_shares_every_patient(table):
     assert "40X" not in set(table.magnification[split.train])
     assert len(split.validation) == 0 and len(split.train) + len(split.test) == len(table)
     report = split.leakage
-    assert report.n_shared_patients == report.test_patients == 82
+    assert report.n_shared_patients == report.held_out_patients == 82
     n = len(split.test)
     assert report.summary() == f"leakage: 82/82 test patients seen in training ({n}/{n} test images, 100.0%)"
     assert split.validation_leakage.summary() == "leakage: none (no validation images)"
@@ -169,7 +160,7 @@ def test_recipe_a_shares_every_patient(table):
 def test_image_random_leaks_and_stratifies_by_type(table):
     split = splits.image_random(table, seed=0)
     report = split.leakage
-    assert report.n_shared_patients > 0.9 * report.test_patients
+    assert report.n_shared_patients > 0.9 * report.held_out_patients
     assert report.fraction_with_seen_accession > 0.9
     for tumor_type in range(8):
         share = np.mean(table.tumor_type[split.test] == tumor_type) / np.mean(table.tumor_type == tumor_type)
@@ -211,7 +202,7 @@ def test_official_folds_round_trip(table, tmp_path, prefix):
 
 def test_official_folds_reports_the_13412_accession_shared_across_folders(table, tmp_path):
     path = tmp_path / "Folds.csv"
-    lobular = set(np.flatnonzero(table.tumor_type == splits.TUMOR_TYPES.index("LC")).tolist())
+    lobular = set(np.flatnonzero(table.tumor_type == TUMOR_TYPE_CODES.index("LC")).tolist())
     write_folds_csv(path, table, {1: lobular}, "BreaKHis_v1/")
     report = splits.official_folds(table, folds_csv=path, fold=1).leakage
     assert report.shared_patients == () and report.shared_accessions == ("14-13412",)

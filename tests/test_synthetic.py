@@ -12,6 +12,9 @@ import pytest
 from PIL import Image
 
 from bcjax.datasets import synthetic as S
+from bcjax.datasets.breakhis import TUMOR_TYPES, TUMOR_TYPES_BY_CODE
+from bcjax.datasets.synthetic.cli import main
+from bcjax.datasets.synthetic.writer import encode_png
 
 SIZE = (48, 32)  # small images keep the tests fast; one test checks the default size
 FLAGS = dict(patients=1, images_per_magnification=2, image_size=SIZE, progress=False)
@@ -43,10 +46,10 @@ def test_every_name_parses_and_matches_its_folders(tree):
     for path in (p for p in files if p.name.startswith("SOB_")):
         letter, code, year, slide, mag, seq = NAME_RE.match(path.name).groups()
         mag_dir, patient_dir, type_dir, sob, class_dir = (p.name for p in path.parents[:5])
-        tumour = S.TYPES_BY_CODE[code]
-        assert (class_dir, sob, type_dir) == (tumour.class_name, "SOB", tumour.dir_name)
-        assert letter == tumour.letter and patient_dir == f"SOB_{letter}_{code}_{year}-{slide}"
-        assert mag_dir == f"{mag}X" and int(mag) in S.MAGNIFICATIONS and re.fullmatch(r"\d{3}", seq)
+        tumor = TUMOR_TYPES_BY_CODE[code]
+        assert (class_dir, sob, type_dir) == (tumor.class_name, "SOB", tumor.folder)
+        assert letter == tumor.letter and patient_dir == f"SOB_{letter}_{code}_{year}-{slide}"
+        assert mag_dir == f"{mag}X" and int(mag) in S.MAGNIFICATION_POWERS and re.fullmatch(r"\d{3}", seq)
         assert re.fullmatch(r"\d+[A-Z]*", slide)
         assert path.parents[5] == tree.root / "histology_slides" / "breast"
 
@@ -56,17 +59,17 @@ def test_counts_match_the_flags(tree):
     for name in sob_files(tree.root):
         _, code, _, _, mag, _ = NAME_RE.match(name.rsplit("/", 1)[1]).groups()
         on_disk[code, int(mag)] = on_disk.get((code, int(mag)), 0) + 1
-    for tumour in S.TUMOUR_TYPES:
-        patients = max(1, quirk_count(tumour.code))  # quirk folders are always written
-        assert tree.patients[tumour.code] == patients
-        for mag in S.MAGNIFICATIONS:
-            assert tree.counts[tumour.code][mag] == on_disk[tumour.code, mag] == 2 * patients
+    for tumor in TUMOR_TYPES:
+        patients = max(1, quirk_count(tumor.code))  # quirk folders are always written
+        assert tree.patients[tumor.code] == patients
+        for mag in S.MAGNIFICATION_POWERS:
+            assert tree.counts[tumor.code][mag] == on_disk[tumor.code, mag] == 2 * patients
     assert tree.num_images == sum(on_disk.values())
 
 
 def test_full_and_scaled_patient_plans():
     full = S.plan_patients("full", seed=0)
-    assert {t.code: sum(p.tumour is t for p in full) for t in S.TUMOUR_TYPES} == {
+    assert {t.code: sum(p.tumor is t for p in full) for t in TUMOR_TYPES} == {
         "A": 4,
         "F": 10,
         "PT": 3,
@@ -83,8 +86,8 @@ def test_full_and_scaled_patient_plans():
     assert [p.year for p in full].count(15) == 1
     assert all(re.fullmatch(r"\d+[A-Z]*", p.slide) and NAME_RE.match(p.file_name(400, 12)) for p in full)
     scaled = S.plan_patients(3, seed=0)
-    for tumour in S.TUMOUR_TYPES:
-        assert sum(p.tumour is tumour for p in scaled) == max(3, quirk_count(tumour.code))
+    for tumor in TUMOR_TYPES:
+        assert sum(p.tumor is tumor for p in scaled) == max(3, quirk_count(tumor.code))
 
 
 def test_quirks_are_present(tree):
@@ -138,7 +141,7 @@ def test_tar_holds_the_tree_under_its_top_folder(tree):
 
 def test_png_encoder_round_trips():
     image = S.render_image("PC", 100, size=(37, 23))
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(S._png(image))).convert("RGB")), image)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(image))).convert("RGB")), image)
 
 
 def features(image: np.ndarray) -> np.ndarray:
@@ -150,18 +153,18 @@ def features(image: np.ndarray) -> np.ndarray:
 
 
 def test_classes_are_learnable_across_patients():
-    codes = [t.code for t in S.TUMOUR_TYPES]
+    codes = [t.code for t in TUMOR_TYPES]
     x = np.array(
         [
             [
-                [features(S.render_image(c, m, size=(96, 64), patient=str(p))) for m in S.MAGNIFICATIONS]
+                [features(S.render_image(c, m, size=(96, 64), patient=str(p))) for m in S.MAGNIFICATION_POWERS]
                 for p in range(6)
             ]
             for c in codes
         ]
     )  # (type, patient, magnification, feature)
     dark = x[..., 6].mean(axis=(1, 2))
-    malignant = np.array([S.TYPES_BY_CODE[c].malignant for c in codes])
+    malignant = np.array([TUMOR_TYPES_BY_CODE[c].malignant for c in codes])
     assert dark[malignant].mean() > 1.5 * dark[~malignant].mean()
     # nearest type centroid, fitted on patients 0-2, tested on the unseen patients 3-5
     mu, sd = x[:, :3].reshape(-1, 9).mean(0), x[:, :3].reshape(-1, 9).std(0) + 1e-6
@@ -187,13 +190,13 @@ def test_cli_writes_a_tree_and_prints_a_summary(tmp_path, capsys):
         "--seed",
         "3",
     ]
-    assert S.main(argv) == 0
+    assert main(argv) == 0
     out, err = capsys.readouterr()
     assert "23 SOB images, 23 patient folders" in out and "all (23)" in out and "100%" in err
     with pytest.raises(SystemExit):  # refuses to mix with an existing tree
-        S.main(argv)
+        main(argv)
     assert "exists" in capsys.readouterr().err
-    assert S.main([*argv, "--overwrite", "--quiet"]) == 0
+    assert main([*argv, "--overwrite", "--quiet"]) == 0
 
 
 @pytest.mark.parametrize(

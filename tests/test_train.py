@@ -14,10 +14,9 @@ import pytest
 import tiny_config
 from flax import nnx
 
-from bcjax import input_pipeline as ip
-from bcjax import losses, optimizers, parallel, train
+from bcjax import components, input_pipeline, parallel, train
 from bcjax.models import create_model
-from bcjax.reports import WorkdirMismatchError
+from bcjax.workdir_guard import WorkdirMismatchError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
@@ -115,20 +114,8 @@ def _step_outputs(data, config, devices, steps=4):
     model = create_model(
         "resnet18", "v1.5", "mlp", 2, dtype=jnp.float64, param_dtype=jnp.float64, rngs=nnx.Rngs(0), hidden=(16,)
     )
-    tx = optimizers.make_optimizer(config.optimizer, 10)
-    graphdef, state = train.initial_state(model, tx)
-    loss_fn = losses.make_loss(config.loss.name, num_classes=2)
-    fns = train.make_steps(
-        graphdef,
-        state,
-        tx=tx,
-        mesh=mesh,
-        loss_fn=loss_fn,
-        normalizer=data.normalizer,
-        target="label",
-        shard_params=len(devices) > 1,
-    )
-    state = jax.device_put(state, fns.state_sharding)
+    config.shard_params = len(devices) > 1
+    fns, state = components.build_steps(config, mesh, normalizer=data.normalizer, total_steps=10, model=model)
     iterator = iter(data.train(config.batch_size))
     losses_seen = []
     for _ in range(steps):
@@ -148,7 +135,7 @@ def test_one_and_eight_devices_give_the_same_training(prepared_data_dir):
     config = tiny_config.get_config(str(prepared_data_dir))
     config.data.height = config.data.width = 64
     config.batch_size = 32
-    data = ip.load(train.input_config(config, None, None), progress=False)
+    data = input_pipeline.load(train.input_config(config, None, None), progress=False)
     with jax.enable_x64(True):
         one = _step_outputs(data, config, jax.devices()[:1])
         eight = _step_outputs(data, config, jax.devices()[:8])

@@ -1,8 +1,17 @@
-"""A seconds-long run for the trainer's tests: `tests/tiny_config.py:DATA_DIR` (a prepared breakhis/custom)."""
+"""The tests' configs: a seconds-long run (`tests/tiny_config.py:DATA_DIR`, a prepared breakhis/custom)
+and `input_config` for the input pipeline alone."""
 
 import ml_collections
 
+from bcjax import input_pipeline
 from configs import default
+
+
+def input_config(**fields) -> input_pipeline.InputConfig:
+    """configs/default.py's data as an InputConfig with `fields` changed (imagenet normaliser, no split arguments)."""
+    return input_pipeline.InputConfig.from_config(
+        default.get_config(), **{"normalization": "imagenet", "split_kwargs": {}, **fields}
+    )
 
 
 def get_config(data_dir: str) -> ml_collections.ConfigDict:

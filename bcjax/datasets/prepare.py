@@ -1,7 +1,8 @@
 """Builds the BreakHis TFDS dataset once: `python -m bcjax.datasets.prepare --manual_dir=DIR`.
 
-Equivalent to `tfds build breakhis --imports=bcjax.datasets.breakhis`, with
-bcjax's error handling: a bad archive ends in one message, never a traceback.
+Does what `tfds build breakhis --imports=bcjax.datasets.breakhis` would, had TFDS's
+command line not needed Apache Beam (tensorflow/datasets issue 5463), with bcjax's
+error handling: a bad archive ends in one message, never a traceback.
 """
 
 from __future__ import annotations

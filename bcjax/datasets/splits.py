@@ -25,11 +25,19 @@ from typing import Any
 
 import numpy as np
 
-TUMOR_TYPES = ("A", "F", "PT", "TA", "DC", "LC", "MC", "PC")  # 0-3 benign, 4-7 malignant
-CLASSES = ("benign", "malignant")
-MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
+from bcjax.datasets.breakhis import CLASSES, MAGNIFICATIONS, TUMOR_TYPES
+
 SIDES = ("train", "validation", "test")
 _MAX_LISTED = 10  # names shown in an error before "..."
+_LABEL_OF_TYPE = np.array([CLASSES.index(t.class_name) for t in TUMOR_TYPES])  # label id of each type id
+# report.json and split.json keep the keys from when these LeakageReport fields were named test_*.
+_LEAKAGE_JSON_KEYS = {
+    "held_out_patients": "test_patients",
+    "held_out_accessions": "test_accessions",
+    "held_out_images": "test_images",
+    "images_with_seen_patient": "test_images_with_seen_patient",
+    "images_with_seen_accession": "test_images_with_seen_accession",
+}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,10 +64,10 @@ class ImageTable:
             sorted(set(self.magnification.tolist()) - set(MAGNIFICATIONS)),
         )
         bad_type = (self.tumor_type < 0) | (self.tumor_type >= len(TUMOR_TYPES))
-        _require_none("ImageTable tumor_type outside 0..7", self.filename[bad_type].tolist())
+        _require_none(f"ImageTable tumor_type outside 0..{len(TUMOR_TYPES) - 1}", self.filename[bad_type].tolist())
         _require_none(
             "ImageTable label disagrees with tumor_type (A F PT TA are benign 0, DC LC MC PC malignant 1)",
-            self.filename[self.label != (self.tumor_type >= 4)].tolist(),
+            self.filename[self.label != _LABEL_OF_TYPE[self.tumor_type]].tolist(),
         )
 
     @classmethod
@@ -84,18 +92,18 @@ class LeakageReport:
     """Which held-out patients and accessions the model already met while training.
 
     `held_out` is 'test' (checked against train and validation together) or 'validation'
-    (checked against train); the `test_*` counts describe that held-out side in both cases.
-    Accession sharing is the safe measure: patient folders miss suffix siblings and 14-13412.
+    (checked against train); the counts describe that held-out side. Accession sharing is the
+    safe measure: patient folders miss suffix siblings and 14-13412.
     """
 
     held_out: str
     shared_patients: tuple[str, ...]
     shared_accessions: tuple[str, ...]
-    test_patients: int
-    test_accessions: int
-    test_images: int
-    test_images_with_seen_patient: int
-    test_images_with_seen_accession: int
+    held_out_patients: int
+    held_out_accessions: int
+    held_out_images: int
+    images_with_seen_patient: int  # held-out images whose patient folder was seen
+    images_with_seen_accession: int  # held-out images whose accession was seen
 
     @property
     def n_shared_patients(self) -> int:
@@ -107,35 +115,35 @@ class LeakageReport:
 
     @property
     def fraction_with_seen_patient(self) -> float:
-        return self.test_images_with_seen_patient / max(self.test_images, 1)
+        return self.images_with_seen_patient / max(self.held_out_images, 1)
 
     @property
     def fraction_with_seen_accession(self) -> float:
-        return self.test_images_with_seen_accession / max(self.test_images, 1)
+        return self.images_with_seen_accession / max(self.held_out_images, 1)
 
     def summary(self) -> str:
         """One line for logs and reports."""
         side = self.held_out
-        if not self.test_images:
+        if not self.held_out_images:
             return f"leakage: none (no {side} images)"
         if not self.shared_accessions:
-            return f"leakage: none (0 of {self.test_accessions} {side} accessions seen in training)"
+            return f"leakage: none (0 of {self.held_out_accessions} {side} accessions seen in training)"
         line = (
-            f"leakage: {self.n_shared_patients}/{self.test_patients} {side} patients seen in training "
-            f"({self.test_images_with_seen_patient}/{self.test_images} {side} images, "
+            f"leakage: {self.n_shared_patients}/{self.held_out_patients} {side} patients seen in training "
+            f"({self.images_with_seen_patient}/{self.held_out_images} {side} images, "
             f"{100 * self.fraction_with_seen_patient:.1f}%)"
         )
-        if self.test_images_with_seen_accession > self.test_images_with_seen_patient:
+        if self.images_with_seen_accession > self.images_with_seen_patient:
             line += (
-                f"; by accession {self.n_shared_accessions}/{self.test_accessions} "
-                f"({self.test_images_with_seen_accession}/{self.test_images} images, "
+                f"; by accession {self.n_shared_accessions}/{self.held_out_accessions} "
+                f"({self.images_with_seen_accession}/{self.held_out_images} images, "
                 f"{100 * self.fraction_with_seen_accession:.1f}%)"
             )
         return line
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
-            **dataclasses.asdict(self),
+            **{_LEAKAGE_JSON_KEYS.get(k, k): v for k, v in dataclasses.asdict(self).items()},
             "fraction_with_seen_patient": self.fraction_with_seen_patient,
             "fraction_with_seen_accession": self.fraction_with_seen_accession,
             "summary": self.summary(),
@@ -223,19 +231,15 @@ def patient_holdout(
 
     Groups by accession rather than Spanhol's patient folder, stratified by class.
     """
-    _check_fraction("test_fraction", test_fraction, allow_zero=False)
-    _check_fraction("val_fraction", val_fraction)
-    _check_magnification(magnification)
-    units = _Units.of(table, table.accession)
-    sides = _holdout(units, units.label, test_fraction, val_fraction, seed)
-    return _split(
+    return _random_holdout(
         "patient_holdout",
         table,
-        sides,
-        magnification,
+        table.accession,
+        "label",
         test_fraction=test_fraction,
         val_fraction=val_fraction,
         seed=seed,
+        magnification=magnification,
     )
 
 
@@ -270,20 +274,15 @@ def image_random(
 
     Stratified by tumour type unless `stratify` is False. Patients land on every side.
     """
-    _check_fraction("test_fraction", test_fraction, allow_zero=False)
-    _check_fraction("val_fraction", val_fraction)
-    _check_magnification(magnification)
-    units = _Units.of(table, table.filename)
-    strata = units.tumor_type if stratify else np.zeros(len(units), dtype=np.int64)
-    sides = _holdout(units, strata, test_fraction, val_fraction, seed)
-    return _split(
+    return _random_holdout(
         "image_random",
         table,
-        sides,
-        magnification,
+        table.filename,
+        "tumor_type" if stratify else None,
         test_fraction=test_fraction,
         val_fraction=val_fraction,
         seed=seed,
+        magnification=magnification,
         stratify=stratify,
     )
 
@@ -348,6 +347,7 @@ class _Units:
 
     @classmethod
     def of(cls, table: ImageTable, key: np.ndarray) -> _Units:
+        """The units of `key`'s distinct values."""
         keys, of_row = np.unique(key, return_inverse=True)
         by_label = _tally(of_row, table.label, len(keys), len(CLASSES))
         by_type = _tally(of_row, table.tumor_type, len(keys), len(TUMOR_TYPES))
@@ -422,12 +422,32 @@ def _sides(
     return units.rows(np.setdiff1d(rest, validation)), units.rows(validation), units.rows(test)
 
 
-def _holdout(
-    units: _Units, strata: np.ndarray, test_fraction: float, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _random_holdout(
+    name: str,
+    table: ImageTable,
+    key: np.ndarray,
+    stratify_by: str | None,
+    *,
+    test_fraction: float,
+    val_fraction: float,
+    seed: int,
+    magnification: str | None,
+    **params: Any,
+) -> Split:
+    """Random units of `key` as test, then validation, each ~its fraction of every stratum's images.
+
+    `stratify_by` names a `_Units` column (None: one stratum). `params` follow the common ones.
+    """
+    _check_fraction("test_fraction", test_fraction, allow_zero=False)
+    _check_fraction("val_fraction", val_fraction)
+    _check_magnification(magnification)
+    units = _Units.of(table, key)
+    strata = np.zeros(len(units), dtype=np.int64) if stratify_by is None else getattr(units, stratify_by)
     rng = np.random.default_rng(seed)
     test = _pick(np.arange(len(units)), units.sizes, strata, test_fraction, rng)
-    return _sides(units, test, strata, val_fraction, rng)
+    sides = _sides(units, test, strata, val_fraction, rng)
+    common = dict(test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    return _split(name, table, sides, magnification, **common, **params)
 
 
 def _split(
@@ -453,11 +473,11 @@ def _leakage(table: ImageTable, held_out: np.ndarray, seen: np.ndarray, side: st
         held_out=side,
         shared_patients=tuple(np.unique(patients[seen_patient]).tolist()),
         shared_accessions=tuple(np.unique(accessions[seen_accession]).tolist()),
-        test_patients=len(np.unique(patients)),
-        test_accessions=len(np.unique(accessions)),
-        test_images=len(held_out),
-        test_images_with_seen_patient=int(seen_patient.sum()),
-        test_images_with_seen_accession=int(seen_accession.sum()),
+        held_out_patients=len(np.unique(patients)),
+        held_out_accessions=len(np.unique(accessions)),
+        held_out_images=len(held_out),
+        images_with_seen_patient=int(seen_patient.sum()),
+        images_with_seen_accession=int(seen_accession.sum()),
     )
 
 
@@ -539,6 +559,10 @@ def _require_none(problem: str, items: Sequence[str]) -> None:
         raise ValueError(f"{problem}: {len(items)} ({shown})")
 
 
+def as_text(value: Any) -> str:
+    """`value` as str, decoding bytes as UTF-8: TFDS hands text features back as bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _as_str(values: Iterable[Any]) -> np.ndarray:
-    """TFDS hands text features back as bytes; the table holds str."""
-    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=str)
+    return np.array([as_text(v) for v in values], dtype=str)

@@ -20,7 +20,13 @@ class LinearHead(nnx.Module):
     """Dense(num_classes) on the features."""
 
     def __init__(
-        self, in_features: int, num_classes: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
     ):
         self.dense = nnx.Linear(in_features, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -44,8 +50,8 @@ class MLPHead(nnx.Module):
         dropout: float = 0.0,
         activation: str = "relu",
         dropout_first: bool = False,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         if activation not in ACTIVATIONS:

@@ -19,6 +19,7 @@ Inputs are NHWC.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,13 +48,13 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 def conv_general_dilated(
     lhs: jax.Array,
     rhs: jax.Array,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: jax.lax.ConvDimensionNumbers | None = None,
     feature_group_count: int = 1,
-    precision=None,
+    precision: jax.lax.PrecisionLike = None,
     **kwargs,
 ) -> jax.Array:
     """`jax.lax.conv_general_dilated`, except that on CPUs a 1x1 NHWC convolution is a matrix product.
@@ -246,7 +247,9 @@ class ResNet(nnx.Module):
         self.post_bn = layers.bn(c) if preact else None
         self.num_features = c
 
-    def __call__(self, x: jax.Array, *, return_stages: bool = False):
+    def __call__(
+        self, x: jax.Array, *, return_stages: bool = False
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """Maps NHWC images to pooled features.
 
         With `return_stages=True` returns `(features, stages)` where `stages` holds the

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import re
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -21,41 +20,19 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-ARCHIVE_NAME = "BreaKHis_v1.tar.gz"
-TOP_DIR = "BreaKHis_v1"
-
-# (folder name, code, class) in the order of the paper; label ids follow this order.
-TUMOR_TYPES: tuple[tuple[str, str, str], ...] = (
-    ("adenosis", "A", "benign"),
-    ("fibroadenoma", "F", "benign"),
-    ("phyllodes_tumor", "PT", "benign"),
-    ("tubular_adenoma", "TA", "benign"),
-    ("ductal_carcinoma", "DC", "malignant"),
-    ("lobular_carcinoma", "LC", "malignant"),
-    ("mucinous_carcinoma", "MC", "malignant"),
-    ("papillary_carcinoma", "PC", "malignant"),
+from .breakhis_common import (
+    ARCHIVE_NAME,
+    CLASSES,
+    MAGNIFICATIONS,
+    PUBLISHED_IMAGES,
+    PUBLISHED_PATIENTS,
+    TOP_DIR,
+    TUMOR_TYPE_CODES,
+    TUMOR_TYPE_NAMES,
+    TUMOR_TYPES_BY_CODE,
+    is_source_image,
+    parse_filename,
 )
-CLASSES = ("benign", "malignant")
-MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
-
-# Images per tumour type and magnification (40X, 100X, 200X, 400X) and patient
-# folders per type in the published archive (REFERENCE.md section 2; the official
-# web page misstates some of these totals).
-PUBLISHED_IMAGES: dict[str, tuple[int, int, int, int]] = {
-    "A": (114, 113, 111, 106),
-    "F": (253, 260, 264, 237),
-    "PT": (109, 121, 108, 115),
-    "TA": (149, 150, 140, 130),
-    "DC": (864, 903, 896, 788),
-    "LC": (156, 170, 163, 137),
-    "MC": (205, 222, 196, 169),
-    "PC": (145, 142, 135, 138),
-}
-PUBLISHED_PATIENTS = {"A": 4, "F": 10, "PT": 3, "TA": 7, "DC": 38, "LC": 5, "MC": 9, "PC": 6}
-
-FILE_RE = re.compile(r"^SOB_([BM])_([A-Z]+)-(\d+)-([0-9A-Za-z]+)-(\d+)-(\d+)\.png$")
-_SLIDE_DIGITS_RE = re.compile(r"^(\d+)")
-_TYPE_BY_CODE = {code: (folder, cls) for folder, code, cls in TUMOR_TYPES}
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 BreakHis cannot be downloaded automatically (the authors ask for registration).
@@ -64,11 +41,13 @@ BreakHis cannot be downloaded automatically (the authors ask for registration).
    (search for "BreakHis VRI UFPR"); about 4 GB.
 2. Put the archive, or its extracted `{TOP_DIR}/` folder, in one folder: the
    manual dir, `~/tensorflow_datasets/downloads/manual/` by default, or pass your
-   own, e.g. `tfds build breakhis --manual_dir=DIR` or
+   own, e.g. `python -m bcjax.datasets.prepare --manual_dir=DIR` or
    `download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=DIR))`.
 No checksum is published upstream: record `sha256sum {ARCHIVE_NAME}` of your copy.
 """
 
+# The dataset's description (DatasetInfo.description). Passed to DatasetInfo directly: TFDS's
+# `dataset_info_from_configs` would replace it with README.md, which is a user guide.
 _DESCRIPTION = """\
 The Breast Cancer Histopathological Image Classification dataset (BreakHis):
 7,909 RGB microscope images (700x460, a few 700x456) of 82 patients, benign or
@@ -96,52 +75,11 @@ class SourceImage:
 
     @property
     def tumor_type(self) -> str:
-        return _TYPE_BY_CODE[self.tumor_code][0]
+        return TUMOR_TYPES_BY_CODE[self.tumor_code].folder
 
     @property
     def label(self) -> str:
-        return _TYPE_BY_CODE[self.tumor_code][1]
-
-
-def parse_filename(filename: str) -> tuple[dict[str, str] | None, str | None]:
-    """Parses `.../<class>/SOB/<type>/<patient>/<mag>/<file>`; returns (fields, error).
-
-    The file name alone decides the metadata, and every folder on the way must
-    agree with it, so a misplaced file is an error rather than a silent label.
-    """
-    parts = filename.split("/")
-    match = FILE_RE.match(parts[-1])
-    if match is None:
-        return None, "name does not match SOB_<B|M>_<TYPE>-<YY>-<SLIDE>-<MAG>-<SEQ>.png"
-    bm, code, year, slide, mag, _ = match.groups()
-    if code not in _TYPE_BY_CODE:
-        return None, f"unknown tumour type code {code!r} (known: {', '.join(_TYPE_BY_CODE)})"
-    folder, cls = _TYPE_BY_CODE[code]
-    patient = f"SOB_{bm}_{code}_{year}-{slide}"
-    magnification = f"{mag}X"
-    expected = [cls, "SOB", folder, patient, magnification]
-    found = parts[-6:-1]
-    if "BM".index(bm) != CLASSES.index(cls):
-        return None, f"class letter {bm} contradicts type {code} ({cls})"
-    if magnification not in MAGNIFICATIONS:
-        return None, f"unknown magnification {mag}"
-    if found != expected:
-        return None, f"folders {'/'.join(found)} contradict the name (expected {'/'.join(expected)})"
-    digits = _SLIDE_DIGITS_RE.match(slide)
-    if digits is None:
-        return None, f"slide id {slide!r} does not start with digits"
-    fields = {
-        "tumor_code": code,
-        "magnification": magnification,
-        "patient_id": patient,
-        "accession": f"{year}-{digits.group(1)}",
-    }
-    return fields, None
-
-
-def is_source_image(name: str) -> bool:
-    """Only `SOB_*.png` are BreakHis images; the archive holds other files too."""
-    return name.startswith("SOB") and name.endswith(".png")
+        return TUMOR_TYPES_BY_CODE[self.tumor_code].class_name
 
 
 def find_images(top: epath.Path) -> tuple[list[SourceImage], list[str]]:
@@ -287,7 +225,7 @@ class BuildSummary:
                 f"BreakHis: {s['images']} images, {s['patients']} patient folders, "
                 f"{s['accession_groups']} accession groups",
                 f"  class:         {fmt(s['by_class'], CLASSES)}",
-                f"  tumour type:   {fmt(s['by_tumor_type'], PUBLISHED_IMAGES)}",
+                f"  tumour type:   {fmt(s['by_tumor_type'], TUMOR_TYPE_CODES)}",
                 f"  magnification: {fmt(s['by_magnification'], MAGNIFICATIONS)}",
                 f"  image sizes:   {', '.join(f'{k} {v}' for k, v in sorted(s['image_sizes'].items()))}",
                 f"  byte-identical duplicates: {s['byte_identical_groups']} groups, "
@@ -325,13 +263,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         super().__init__(file_format=file_format or "array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
+        return tfds.core.DatasetInfo(
+            builder=self,
             description=_DESCRIPTION,
+            citation=self.get_metadata().citation,  # CITATIONS.bib
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
                     "label": tfds.features.ClassLabel(names=CLASSES),
-                    "tumor_type": tfds.features.ClassLabel(names=[t[0] for t in TUMOR_TYPES]),
+                    "tumor_type": tfds.features.ClassLabel(names=TUMOR_TYPE_NAMES),
                     "magnification": tfds.features.ClassLabel(names=MAGNIFICATIONS),
                     "patient_id": tfds.features.Text(),
                     "accession": tfds.features.Text(),

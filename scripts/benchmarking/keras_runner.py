@@ -1,0 +1,71 @@
+"""The Keras 3 (TensorFlow) worker: `train_on_batch` of keras.applications' ResNet + Dense(2).
+
+TensorFlow is imported inside `run`, after the architecture check, so that a depth Keras lacks
+is reported without loading it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from bcjax.normalization import IMAGENET_MEAN, IMAGENET_STD
+from benchmarking import timing
+from benchmarking.protocol import LEARNING_RATE, NUM_CLASSES, RunSpec, compile_estimate, host_batch, mb, time_steps
+
+KERAS_ARCHS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152"}
+
+
+def run(spec: RunSpec) -> dict:
+    """`train_on_batch` of Keras' ResNet + Dense(2) on the uint8 batch."""
+    if spec.arch not in KERAS_ARCHS:
+        return {"status": f"not available: keras.applications has no {spec.arch}"}
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    model, init_s = timing.timed(lambda: _compiled_model(keras, spec))
+    images, labels = host_batch(spec)
+
+    def step(carry: None) -> None:
+        model.train_on_batch(images, labels)
+
+    _, figures = time_steps(step, None, lambda _: None, spec)
+    gpus = tf.config.list_physical_devices("GPU")
+    peak = mb(tf.config.experimental.get_memory_info("GPU:0")["peak"]) if gpus else None
+    return {
+        **figures,
+        **compile_estimate(figures),
+        "init_s": init_s,
+        "peak_device_mb": peak,
+        "device": "gpu" if gpus else "cpu",
+        "note": f"jit_compile={model.jit_compile} ({spec.keras_jit_compile})",
+    }
+
+
+def _compiled_model(keras: Any, spec: RunSpec) -> Any:
+    """The model compiled with Adam and sparse softmax cross-entropy: the row's "init"."""
+    model = _model(keras, spec)
+    model.compile(
+        optimizer=keras.optimizers.Adam(LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile={"auto": "auto", "true": True, "false": False}[spec.keras_jit_compile],
+    )
+    return model
+
+
+def _model(keras: Any, spec: RunSpec) -> Any:
+    """uint8 input -> ImageNet normalisation -> keras.applications ResNet -> Dense(2) -> float32 logits."""
+    if spec.dtype == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(0)
+    shape = (spec.height, spec.width, 3)
+    inputs = keras.Input(shape, dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Normalization(mean=IMAGENET_MEAN, variance=np.square(IMAGENET_STD))(x)
+    backbone = getattr(keras.applications, KERAS_ARCHS[spec.arch])
+    x = backbone(weights=None, include_top=False, pooling="avg", input_shape=shape)(x)
+    logits = keras.layers.Activation("linear", dtype="float32")(keras.layers.Dense(NUM_CLASSES)(x))
+    return keras.Model(inputs, logits)
