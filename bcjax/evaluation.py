@@ -62,7 +62,7 @@ class _Evaluator:
         return predictions, getattr(self.data.table, target)[predictions.rows], TARGET_CLASSES[target]
 
 
-_LOGGED_METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
+LOGGED_METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
 
 
 class ValidationScalars(_Evaluator):

@@ -35,6 +35,7 @@ from bcjax.augment import AugmentConfig, RandomAugment, macenko_normalize, resiz
 from bcjax.datasets import splits
 from bcjax.datasets.breakhis import MAGNIFICATIONS, TARGET_CLASSES
 from bcjax.device_data import DeviceData
+from bcjax.lead_process import is_lead, run_on_lead
 
 STAIN_NORMALIZATIONS = ("none", "macenko")
 _METADATA_CHUNK = 256
@@ -102,16 +103,27 @@ class InputConfig:
 def open_source(data_dir: str, dataset: str, manual_dir: str | None = None):
     """The random-access TFDS source of every image (encoded PNG bytes, not decoded).
 
-    Builds the dataset first when it is missing and `manual_dir` is given.
+    Builds the dataset first when it is missing and `manual_dir` is given. With several
+    processes, the lead alone checks and builds while the others wait, then every process
+    opens it (`lead_process.run_on_lead`): a build fails on every process, with its message.
     """
     import bcjax.datasets.breakhis  # noqa: F401  (registers the builder with TFDS)
 
     data_dir = str(epath.Path(data_dir).expanduser())
-    builder = tfds.builder(dataset, data_dir=data_dir)
-    if not builder.is_prepared():
+
+    def build_if_missing() -> None:
+        if tfds.builder(dataset, data_dir=data_dir).is_prepared():
+            return
         if manual_dir is None:
             raise DataNotFoundError(missing_dataset_message(data_dir, dataset))
         prepare(data_dir=data_dir, dataset=dataset, manual_dir=manual_dir)
+
+    run_on_lead(f"preparing {dataset} in {data_dir}", build_if_missing)
+    if not is_lead() and not tfds.builder(dataset, data_dir=data_dir).is_prepared():
+        raise DataNotFoundError(
+            f"Process 0 has {dataset} in {data_dir}, but process {jax.process_index()} does not see it there: "
+            "--config.data.data_dir must be a folder every host shares (or holds its own copy of the dataset)."
+        )
     source = tfds.data_source(dataset, data_dir=data_dir, decoders={"image": tfds.decode.SkipDecoding()})
     return source["train"]
 

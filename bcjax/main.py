@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -43,6 +44,24 @@ _PLATFORM_XLA_FLAGS = flags.DEFINE_bool(
 )
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, where a bad flag ends in one line naming it instead of a traceback.
+
+    ml_collections raises a misspelt config field as chained AttributeErrors and a config variant
+    its file refuses as the text of a traceback, and defers a missing config file's error to the
+    config's first use; `config_checks.flag_error_message` says each in one line.
+    """
+    try:
+        remaining = flags.FLAGS(argv)
+        if _CONFIG.value is not None and not isinstance(_CONFIG.value, ml_collections.ConfigDict):
+            _CONFIG.value.lock()  # raises the deferred error of loading the config file
+        return remaining
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as error:
+        from bcjax import config_checks  # imports the modules owning the config's names: only when needed
+
+        sys.exit(f"error: {config_checks.flag_error_message(error, argv)}")
+
+
 def initialize_distributed() -> None:
     """Joins the multi-host run described by the flags; a no-op for a single process."""
     if _COORDINATOR.value:
@@ -56,10 +75,12 @@ def initialize_distributed() -> None:
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors a user can cause; they end in their message, without a traceback."""
     from bcjax import input_pipeline, train, workdir_guard
+    from bcjax.config_checks import ConfigError
     from bcjax.datasets.breakhis import BreakHisBuildError
     from bcjax.pretrained import ConversionError
 
     return (
+        ConfigError,
         input_pipeline.DataNotFoundError,
         workdir_guard.WorkdirMismatchError,
         train.TrainingError,
@@ -87,14 +108,18 @@ def main(argv: list[str]) -> None:
         )
     initialize_distributed()
     from bcjax import train
+    from bcjax.lead_process import LeadProcessError, failures_stop_every_process
 
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except user_errors() as error:
+        # With several processes, an error on any one ends them all within seconds, with its message
+        # (not a shutdown barrier's timeout 5 minutes later).
+        with failures_stop_every_process():
+            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (*user_errors(), LeadProcessError) as error:
         sys.exit(f"error: {error}")
     if cache and jax.process_index() == 0:
         print(cache.summary())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

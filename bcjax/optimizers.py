@@ -127,7 +127,7 @@ def _group_optimizer(c: ml_collections.ConfigDict, total_steps: int, group: str)
     # A frozen group's own step count starts when it unfreezes; the offset keeps it on the
     # global schedule.
     schedule = lambda count: scale * base(count + offset)  # noqa: E731
-    optimizer = _optax_function(c.name)(learning_rate=schedule, **_optimizer_kwargs(c))
+    optimizer = optax_function(c.name)(learning_rate=schedule, **_optimizer_kwargs(c))
     if c.weight_decay and c.name != "adamw":
         return optax.chain(optax.add_decayed_weights(c.weight_decay, _decay_mask(c)), optimizer)
     return optimizer
@@ -151,7 +151,7 @@ def _optimizer_kwargs(c: ml_collections.ConfigDict) -> dict:
     return {**named.get(c.name, {}), **dict(c.kwargs)}
 
 
-def _optax_function(name: str) -> Callable[..., optax.GradientTransformation]:
+def optax_function(name: str) -> Callable[..., optax.GradientTransformation]:
     fn = getattr(optax, name, None)
     if not callable(fn) or "learning_rate" not in inspect.signature(fn).parameters:
         raise ValueError(

@@ -78,6 +78,13 @@ def train_step(task: Task, state: State, inputs, *, frozen: bool = False) -> tup
     return new_state, {"loss": loss, "accuracy": correct.mean(), "grad_norm": optax.tree.norm(grads)}
 
 
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """Whether every float in `tree` (a state's parameters, its statistics) is finite: one reduction on the devices."""
+    floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in floats])) if floats else jnp.bool_(True)
+
+
 def eval_step(task: Task, state: State, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Per-image probabilities and losses of a (padded, masked) evaluation batch."""
     logits, _ = forward(task, state["params"], state["rest"], batch["image"], train=False)

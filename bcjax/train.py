@@ -23,14 +23,15 @@ from jax.experimental import multihost_utils
 
 from bcjax import checkpoint, evaluation, input_pipeline, metrics, optimizers, parallel, plots, report_text
 from bcjax.components import build_model, build_steps
+from bcjax.config_checks import check_config
 from bcjax.datasets import synthetic
 from bcjax.device_data import DeviceData, fits_on_device
-from bcjax.lead_process import is_lead, write_json
+from bcjax.lead_process import is_lead, run_on_lead, write_json
 from bcjax.metric_writer import MetricWriter
 from bcjax.normalization import normalization_for_preprocessing
 from bcjax.progress import Throughput, progress_line
 from bcjax.schedule import Schedule, make_schedule
-from bcjax.steps import State, Steps
+from bcjax.steps import State, Steps, all_finite
 from bcjax.workdir_guard import DATA_PATH_CHOICE_FILE, check_workdir
 
 
@@ -57,19 +58,26 @@ def input_config(
 
 
 def _synthetic_source(spec: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, str]:
-    """Writes (once) the demo's synthetic BreakHis tree into the workdir; explicit, never a fallback."""
+    """Writes (once) the demo's synthetic BreakHis tree into the workdir; explicit, never a fallback.
+
+    The lead process writes it while the others wait (`run_on_lead`); the dataset is then built
+    from it the same way (`input_pipeline.open_source`).
+    """
     root = workdir / "synthetic"
     manual = root / "manual"
-    if is_lead() and not (manual / synthetic.TOP_DIR).exists():
-        synthetic.write_breakhis_tree(
-            manual,
-            patients=spec.patients,
-            images_per_magnification=spec.images_per_magnification,
-            image_size=(spec.image_width, spec.image_height),
-            seed=spec.seed,
-            progress=True,
-        )
-    multihost_utils.sync_global_devices("synthetic data written")
+
+    def write_if_missing() -> None:
+        if not (manual / synthetic.TOP_DIR).exists():
+            synthetic.write_breakhis_tree(
+                manual,
+                patients=spec.patients,
+                images_per_magnification=spec.images_per_magnification,
+                image_size=(spec.image_width, spec.image_height),
+                seed=spec.seed,
+                progress=True,
+            )
+
+    run_on_lead(f"writing the synthetic BreakHis tree in {manual}", write_if_missing)
     return {"manual_dir": str(manual), "data_dir": str(root / "tfds"), "dataset": "breakhis/custom"}
 
 
@@ -99,8 +107,6 @@ def place_training_data(
     iterator is saved.
     """
     setting = config.data.device_resident
-    if setting not in ("auto", True, False):
-        raise ValueError(f"config.data.device_resident must be 'auto', True or False, got {setting!r}")
     images = len(np.unique(data.train_rows))
     per_device = -(-images // mesh.devices.size) * data.cache.images[0].nbytes
     record = workdir / DATA_PATH_CHOICE_FILE
@@ -190,6 +196,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and evaluates one run, or every fold when `config.data.all_folds`; returns the test report(s)."""
+    check_config(config, jax.device_count())  # every bad field in one error, before any work
     if config.data.all_folds:
         return _all_folds(config, epath.Path(workdir))
     return _train_and_evaluate_one(config, epath.Path(workdir))
@@ -298,7 +305,7 @@ def _loop(run: Run, state: State) -> State | None:
             stopping = stop.agreed(syncing=log or save)
             if not (log or save or stopping):
                 continue
-            scalars = _log(run, state, step, pending, throughput, evaluate)
+            scalars = _log(run, state, step, pending, throughput, evaluate, saving=save or stopping)
             pending = []
             if save or stopping:
                 run.checkpoints.save(step, state, run.train_iter, scalars if evaluate else None)
@@ -311,10 +318,26 @@ def _loop(run: Run, state: State) -> State | None:
 
 
 def _log(
-    run: Run, state: State, step: int, pending: list[tuple[int, dict]], throughput: Throughput, evaluate: bool
+    run: Run,
+    state: State,
+    step: int,
+    pending: list[tuple[int, dict]],
+    throughput: Throughput,
+    evaluate: bool,
+    saving: bool,
 ) -> dict[str, float]:
-    """Fetches the pending step metrics (the loop's only host sync), evaluates if due, writes and prints."""
+    """Fetches the pending step metrics (the loop's only host sync), evaluates if due, writes and prints.
+
+    Before a checkpoint, the state itself must be finite too: an update can overflow while its
+    step's loss and gradient were finite, and no checkpoint may keep such a state.
+    """
     scalars = _mean_step_metrics(pending, run.checkpoints)
+    if saving and not all_finite((state["params"], state["rest"])):
+        raise _not_finite(
+            f"The parameters or batch-norm statistics became NaN or Inf by step {step} (with finite losses "
+            "and gradient norms)",
+            run.checkpoints.latest_step(),
+        )
     timing, eta = throughput.tick(step)
     learning_rate = optimizers.learning_rate_at(run.config.optimizer, run.schedule.total_steps, step)
     scalars.update({"train/learning_rate": learning_rate, **timing, "epoch": step / run.schedule.steps_per_epoch})
@@ -332,13 +355,14 @@ def _mean_step_metrics(pending: list[tuple[int, dict]], checkpoints: checkpoint.
     for (step, _), step_values in zip(pending, values):
         for key, name in (("loss", "loss"), ("grad_norm", "gradient norm")):
             if not np.isfinite(step_values[key]):
-                raise _not_finite(name, float(step_values[key]), step, checkpoints.latest_step())
+                problem = f"The training {name} became {float(step_values[key])} at step {step}"
+                raise _not_finite(problem, checkpoints.latest_step())
     return {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
-def _not_finite(name: str, value: float, step: int, kept: int | None) -> TrainingError:
+def _not_finite(problem: str, kept: int | None) -> TrainingError:
     return TrainingError(
-        f"The training {name} became {value} at step {step}; training stopped. "
+        f"{problem}; training stopped. "
         + (f"The last good checkpoint (step {kept}) is kept. " if kept is not None else "")
         + "Lower --config.optimizer.learning_rate or set --config.optimizer.grad_clip_norm."
     )

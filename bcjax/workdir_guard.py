@@ -10,8 +10,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import ml_collections
 from etils import epath
+from jax.experimental import multihost_utils
 
 from bcjax.lead_process import is_lead
 from bcjax.metric_writer import METRICS_FILE, TENSORBOARD_DIR
@@ -37,19 +39,20 @@ def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict) -> boo
     """
     path = workdir / "config.json"
     current = json.loads(config.to_json_best_effort(sort_keys=True))
-    if path.exists():
-        differences = _differences(json.loads(path.read_text()), current)
-        if not differences:
-            return True
-        if not config.restart:
-            raise WorkdirMismatchError(
-                f"{workdir} holds a run of another config; differences (saved -> now):\n  "
-                + "\n  ".join(differences)
-                + "\nUse another --workdir, or --config.restart=True to delete that run and start over."
-            )
-        if is_lead():
-            _delete_run_outputs(workdir)
+    differences = _differences(json.loads(path.read_text()), current) if path.exists() else None
+    if differences and not config.restart:
+        raise WorkdirMismatchError(
+            f"{workdir} holds a run of another config; differences (saved -> now):\n  "
+            + "\n  ".join(differences)
+            + "\nUse another --workdir, or --config.restart=True to delete that run and start over."
+        )
+    if jax.process_count() > 1:  # every process has read config.json before the lead rewrites it
+        multihost_utils.sync_global_devices("workdir checked")
+    if differences == []:
+        return True
     if is_lead():
+        if differences:
+            _delete_run_outputs(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(current, indent=2, sort_keys=True))
     return False

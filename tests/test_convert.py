@@ -5,6 +5,11 @@ Weights are random but realistic: BN statistics are calibrated on a random batch
 they are far from 0/1 and the BN mapping is really tested), gammas/betas and Keras conv
 biases are random. Logits must match to 1e-4; stage outputs to 2e-4 of their largest
 magnitude (float32 rounding differences grow with depth, to 7.5e-5 of it at ResNet-50's stage 4).
+
+ResNet-34/101/152 (torchvision) and ResNet101/152(V2) (Keras) are compared in float64 on both
+sides, from the same float32 weights: in float32 the rounding differences of 100-150 layers reach
+3e-4 of the logits (measured), enough to hide a small mapping error such as a wrong BN epsilon;
+in float64 a correct conversion matches to ~1e-12 of the largest value.
 """
 
 import hashlib
@@ -21,7 +26,7 @@ import pytest
 from flax import nnx
 
 from bcjax import convert, normalization, pretrained
-from bcjax.models import create_model
+from bcjax.models import ARCHITECTURES, create_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
@@ -29,13 +34,17 @@ LOGIT_ATOL = 1e-4
 STAGE_TOL = 2e-4  # times the stage's largest |value|
 # Random NHWC input shared by every framework.
 IMAGES = np.random.default_rng(1).standard_normal((2, 224, 224, 3)).astype(np.float32)
+# ResNet-101/152 (and -34) at 64x64 (2x2 at stage 4): compile and run time grow with depth, not
+# with size; the converter maps names and shapes, which no input size changes.
+SMALL_IMAGES = np.random.default_rng(2).standard_normal((2, 64, 64, 3))
+FLOAT64_TOL = 1e-9  # times the largest |value| of the logits or of a stage output
 
 
-def jax_outputs(model):
+def jax_outputs(model, images=IMAGES):
     """Eval-mode logits and stage outputs of a converted Classifier."""
     model.eval()
     with jax.default_matmul_precision("float32"):
-        features, stages = model.backbone(jnp.asarray(IMAGES), return_stages=True)
+        features, stages = model.backbone(jnp.asarray(images), return_stages=True)
         logits = model.head(features)
     return np.asarray(logits), {k: np.asarray(v) for k, v in stages.items()}
 
@@ -65,6 +74,32 @@ def converted_model(converted, arch, layout):
     return model
 
 
+def float64_outputs(converted, arch, layout, images=SMALL_IMAGES):
+    """Eval-mode logits and stage outputs in float64 of the converted (float32) weights."""
+    with jax.enable_x64(True):
+        model = nnx.eval_shape(
+            lambda: create_model(
+                arch, layout, "linear", 1000, dtype=jnp.float64, param_dtype=jnp.float64, rngs=nnx.Rngs(0)
+            )
+        )
+        pretrained.apply_converted(model, converted, load_head=True)
+        model.eval()
+        features, stages = model.backbone(jnp.asarray(images, jnp.float64), return_stages=True)
+        return np.asarray(model.head(features)), {k: np.asarray(v) for k, v in stages.items()}
+
+
+def assert_matches_float64(case, ours, reference):
+    """Logits and every stage within FLOAT64_TOL of their largest |value|; prints the figures (pytest -s)."""
+    (logits, stages), (ref_logits, ref_stages) = ours, reference
+    assert logits.dtype == ref_logits.dtype == np.float64
+    assert 0.5 < np.abs(ref_logits).max() < 100, "logits of a degenerate size test nothing"
+    print(f"\n{case}, float64:")
+    for name, ours_, ref in [("logits", logits, ref_logits), *((k, stages[k], v) for k, v in ref_stages.items())]:
+        scale, diff = np.abs(ref).max(), np.abs(ours_ - ref).max()
+        print(f"  {name}: max|diff| {diff:.1e} (max|value| {scale:.1f})")
+        assert diff <= FLOAT64_TOL * scale, (name, diff, scale)
+
+
 # ---------------------------------------------------------------------------------------
 # torchvision and timm
 
@@ -76,7 +111,7 @@ def torch():
     return torch
 
 
-def calibrate_torch(torch, model, seed=0):
+def calibrate_torch(torch, model, seed=0, size=224):
     """Random gammas/betas, BN running stats set to a random batch's statistics."""
     gen = torch.Generator().manual_seed(seed)
     for bn in model.modules():
@@ -87,11 +122,11 @@ def calibrate_torch(torch, model, seed=0):
             bn.bias.data = 0.2 * torch.randn(bn.bias.shape, generator=gen)
     model.train()
     with torch.no_grad():
-        model(torch.randn(4, 3, 224, 224, generator=gen))
+        model(torch.randn(4, 3, size, size, generator=gen))
     return model.eval()
 
 
-def torch_outputs(torch, model):
+def torch_outputs(torch, model, images=IMAGES):
     stages = {}
     for ours, theirs in [
         ("stem", "maxpool"),
@@ -104,17 +139,17 @@ def torch_outputs(torch, model):
             lambda m, i, out, ours=ours: stages.__setitem__(ours, out.numpy().transpose(0, 2, 3, 1))
         )
     with torch.no_grad():
-        logits = model(torch.from_numpy(IMAGES.transpose(0, 3, 1, 2))).numpy()
+        logits = model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
     return logits, stages
 
 
-def torchvision_file(torch, directory, arch):
+def torchvision_file(torch, directory, arch, images=IMAGES):
     import torchvision
 
-    model = calibrate_torch(torch, getattr(torchvision.models, arch)(weights=None))
+    model = calibrate_torch(torch, getattr(torchvision.models, arch)(weights=None), size=images.shape[1])
     path = directory / f"{arch}.pth"
     torch.save(model.state_dict(), path)
-    return path, torch_outputs(torch, model)
+    return path, torch_outputs(torch, model, images)
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +191,23 @@ def test_torchvision_resnet50(torch, tmp_path):
     )
 
 
+@pytest.mark.parametrize("arch", ["resnet34", "resnet101", "resnet152"])
+def test_torchvision_other_depths(torch, tmp_path, arch):
+    """The other torchvision depths (float32 .pth), the depth read from the file (no --arch)."""
+    import torchvision
+
+    model = calibrate_torch(torch, getattr(torchvision.models, arch)(weights=None), size=SMALL_IMAGES.shape[1])
+    path = tmp_path / f"{arch}.pth"
+    torch.save(model.state_dict(), path)
+    converted = convert.convert_file(path, "torchvision")
+    assert (converted.metadata["architecture"], converted.metadata["layout"]) == (arch, "v1.5")
+    assert_matches_float64(
+        f"torchvision {arch} (.pth, 64x64)",
+        float64_outputs(converted, arch, "v1.5"),
+        torch_outputs(torch, model.double(), SMALL_IMAGES),
+    )
+
+
 def test_timm_resnet50_safetensors(torch, tmp_path):
     timm = pytest.importorskip("timm", reason="timm is the reference for model.safetensors conversion")
     from safetensors.torch import save_file
@@ -190,7 +242,7 @@ def keras():
     return pytest.importorskip("keras", reason="Keras 3 is the reference for the Keras .h5 conversion")
 
 
-def calibrate_keras(keras, model, seed=0):
+def calibrate_keras(keras, model, seed=0, size=224):
     """Random conv biases (so bias folding is tested), gammas, betas; BN moving stats set
     to the statistics their inputs have on a random batch in training mode."""
     rng = np.random.default_rng(seed)
@@ -202,7 +254,7 @@ def calibrate_keras(keras, model, seed=0):
         bn.gamma.assign(rng.uniform(0.5, 1.5, bn.gamma.shape).astype("float32"))
         bn.beta.assign(rng.normal(0, 0.2, bn.beta.shape).astype("float32"))
     probe = keras.Model(model.input, [bn.input for bn in bns])
-    inputs = probe(rng.standard_normal((4, 224, 224, 3)).astype("float32"), training=True)
+    inputs = probe(rng.standard_normal((4, size, size, 3)).astype("float32"), training=True)
     for bn, x in zip(bns, inputs):
         x = keras.ops.convert_to_numpy(x)
         bn.moving_mean.assign(x.mean((0, 1, 2)))
@@ -224,13 +276,19 @@ def write_published_h5(keras, model, path):
             names = [f"{layer.name}/{w.name}:0" for w in layer.weights]
             group.attrs["weight_names"] = [n.encode() for n in names]
             for name, w in zip(names, layer.weights):
-                group.create_dataset(name, data=keras.ops.convert_to_numpy(w))
+                group.create_dataset(name, data=keras.ops.convert_to_numpy(w).astype(np.float32))
 
 
-def keras_outputs(keras, model):
-    probe = keras.Model(model.input, [model.output] + [model.get_layer(n).output for n in KERAS_STAGES.values()])
-    logits, *stages = [keras.ops.convert_to_numpy(y) for y in probe(IMAGES, training=False)]
-    return logits, dict(zip(KERAS_STAGES, stages))
+def keras_outputs(keras, model, images=IMAGES, stages=KERAS_STAGES):
+    probe = keras.Model(model.input, [model.output] + [model.get_layer(n).output for n in stages.values()])
+    logits, *outputs = [keras.ops.convert_to_numpy(y) for y in probe(images, training=False)]
+    return logits, dict(zip(stages, outputs))
+
+
+def keras_stages(arch):
+    """Keras' names of the stem's and each stage's output for `arch`, e.g. conv4_block23_out."""
+    _, depths = ARCHITECTURES[arch]
+    return {"stem": "pool1_pool"} | {f"stage{i + 1}": f"conv{i + 2}_block{n}_out" for i, n in enumerate(depths)}
 
 
 class KerasCase(NamedTuple):
@@ -296,6 +354,50 @@ def test_keras3_weights_h5_is_refused_clearly(keras_case, tmp_path):
     keras_case.model.save_weights(path)
     with pytest.raises(pretrained.ConversionError, match="not a legacy Keras HDF5 weights file"):
         convert.convert_file(path, "keras")
+
+
+@pytest.mark.parametrize(
+    "name, arch, layout, preprocessing",
+    [
+        ("ResNet101", "resnet101", "v1", "caffe"),
+        ("ResNet152", "resnet152", "v1", "caffe"),
+        ("ResNet101V2", "resnet101", "v2", "tf"),
+        ("ResNet152V2", "resnet152", "v2", "tf"),
+    ],
+)
+def test_keras_other_depths(keras, tmp_path, name, arch, layout, preprocessing):
+    """The README's other Keras files (ResNet101/152 and their V2), in the published layout (float32),
+    the depth and layout read from the file; Keras computes in float64 from the same weights."""
+    size = SMALL_IMAGES.shape[1]
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()  # the policy is cached on first use
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        keras.utils.set_random_seed(0)
+        model = getattr(keras.applications, name)(weights=None, classifier_activation=None, input_shape=(size, size, 3))
+        calibrate_keras(keras, model, size=size)
+        # Float32 weights (what the file holds); conv biases and BN means on a 2^-12 grid, so that the
+        # converter's bias folding (mean - bias, in float32) is exact, as a float64 comparison needs.
+        on_grid = [w.path.endswith(("_conv/bias", "/moving_mean")) for w in model.weights]
+        model.set_weights(
+            [
+                np.round(w * 4096) / 4096 if grid else w.astype(np.float32).astype(np.float64)
+                for w, grid in zip(model.get_weights(), on_grid)
+            ]
+        )
+        path = tmp_path / f"{name.lower()}_weights_tf_dim_ordering_tf_kernels.h5"
+        write_published_h5(keras, model, path)
+        reference = keras_outputs(keras, model, SMALL_IMAGES, keras_stages(arch))
+    finally:
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+    converted = convert.convert_file(path, "keras")
+    meta = converted.metadata
+    assert (meta["architecture"], meta["layout"], meta["imagenet_classes"]) == (arch, layout, 1000)
+    assert meta["preprocessing"] == normalization.PREPROCESSING[preprocessing]
+    assert_matches_float64(
+        f"Keras {name} (published .h5 layout, 64x64)", float64_outputs(converted, arch, layout), reference
+    )
 
 
 @pytest.mark.parametrize("mode", ["torch", "caffe", "tf"])

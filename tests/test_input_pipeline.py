@@ -193,3 +193,65 @@ def test_batches_on_eight_devices_without_tensorflow(prepared_data_dir):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=repo)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok" in result.stdout
+
+
+# ----------------------------------------------------------------------------- z-score statistics
+
+
+def _zscore_config(data_dir):
+    return tiny_config.input_config(
+        data_dir=str(data_dir),
+        dataset="breakhis/custom",
+        height=16,
+        width=24,
+        split="patient_kfold",
+        split_kwargs={"k": 3, "fold": 0},
+        normalization="zscore",
+    )
+
+
+@pytest.fixture(scope="module")
+def zscore_loads(prepared_data_dir):
+    """One z-score config loaded as a single process, and as process 0 and 1 of two: {(index, count): data}."""
+    config = _zscore_config(prepared_data_dir)
+    return {
+        (p, count): input_pipeline.load(config, process_index=p, process_count=count, progress=False)
+        for p, count in [(0, 1), (0, 2), (1, 2)]
+    }
+
+
+def _pixel_statistics(data, rows):
+    """Per-channel mean and std in [0, 1] units of the cached images of `rows` (each once), in float64."""
+    rows = np.unique(rows)
+    pixels = data.cache.images[np.searchsorted(data.cache.rows, rows)].reshape(-1, 3) / 255.0
+    return pixels.mean(0), pixels.std(0)
+
+
+def test_zscore_statistics_come_from_the_training_images_only(zscore_loads):
+    data = zscore_loads[0, 1]
+    split = data.split
+    mean, std = _pixel_statistics(data, split.train)
+    np.testing.assert_allclose(data.normalizer.mean, mean, rtol=1e-9)
+    np.testing.assert_allclose(data.normalizer.std, std, rtol=1e-9)
+    # The check can see a leak: adding the validation or the test images moves the statistics
+    # by 0.005-0.027 here (their patients' stains differ), far beyond the tolerance above.
+    for side in ("validation", "test"):
+        leaky_mean, leaky_std = _pixel_statistics(data, np.concatenate([split.train, getattr(split, side)]))
+        moved = max(np.abs(leaky_mean - mean).max(), np.abs(leaky_std - std).max())
+        assert moved > 2e-3, (side, moved)
+
+
+def test_zscore_statistics_are_the_same_in_every_process(zscore_loads):
+    """`train.load_data` averages the processes' statistics: that is the statistics of all training
+    images only because every process computes them over every training image. Check both."""
+    one = zscore_loads[0, 1]
+    train = np.unique(one.split.train)
+    shards = []
+    for p in range(2):
+        part = zscore_loads[p, 2]
+        np.testing.assert_array_equal(part.split.train, one.split.train)
+        assert set(train) <= set(part.cache.rows)  # every process holds every training image
+        assert part.normalizer == one.normalizer  # exactly: same images, same order
+        shards.append(set(part.cache.rows) - set(train))
+    assert not shards[0] & shards[1]  # evaluation images are sharded, not duplicated
+    assert shards[0] | shards[1] == set(one.split.validation) | set(one.split.test)
