@@ -9,7 +9,7 @@ from ml_collections import config_dict
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.seed = 0  # seeds the split, the initial weights, dropout, shuffling and augmentation
+    config.seed = 0  # seeds the initial weights, dropout, shuffling and augmentation (the split: split_kwargs.seed)
     config.restart = False  # True: delete a workdir's run of another config and start over
     config.data = _data()
     config.model = _model()
