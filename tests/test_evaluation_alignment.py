@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tiny_config
+import trainer_runs
 from etils import epath
 from flax import nnx
 
@@ -141,17 +141,11 @@ print("RESULT " + json.dumps({{"mean": data.normalizer.mean, "std": data.normali
 """
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_z_score_and_predictions_csv(data, prepared_data_dir, tmp_path):
     """2 processes x 4 devices: `train.load_data` averages the processes' z-score statistics, which
     must equal the statistics of all training images (and nothing else); predictions.csv, written by
     process 0 from both processes' padded shards, holds each image's own probabilities."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{trainer_runs.free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     processes = [
         subprocess.Popen(

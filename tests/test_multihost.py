@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trainer_runs
 
 REPO = Path(__file__).resolve().parent.parent
 PROCESS_LINE = "python -m bcjax.main "
@@ -59,14 +59,8 @@ _SCENARIO = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _two_processes(scenario: str) -> tuple[list[int], list[str], float]:
-    port = _free_port()
+    port = trainer_runs.free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONUNBUFFERED": "1"}
     start = time.monotonic()
     processes = [

@@ -38,11 +38,16 @@ def main(workdir, data_dir, *overrides, devices=8, config=None, wait=True, extra
     return process.returncode, output
 
 
+def free_port() -> int:
+    """A localhost port free now, for a jax.distributed coordinator."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def two_processes(workdir, data_dir, *overrides, extra_env=None):
     """The same command as 2 processes x 4 devices (jax.distributed on localhost); their (returncode, output)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     processes = [
         main(
             workdir,
