@@ -19,6 +19,7 @@ from bcjax import evaluation_files, metrics, parallel
 from bcjax.datasets.breakhis import TARGET_CLASSES
 from bcjax.input_pipeline import InputData
 from bcjax.steps import State, Steps
+from bcjax.workdir_guard import EVAL_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +126,7 @@ def final_evaluators(
             steps,
             mesh,
             config.eval_batch_size,
-            directory=workdir / "eval" / side,
+            directory=workdir / EVAL_DIR / side,
             bootstrap_samples=config.evaluation.bootstrap_samples,
             seed=config.seed,
         )

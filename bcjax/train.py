@@ -32,7 +32,7 @@ from bcjax.normalization import normalization_for_preprocessing
 from bcjax.progress import Throughput, progress_line
 from bcjax.schedule import Schedule, make_schedule
 from bcjax.steps import State, Steps, all_finite
-from bcjax.workdir_guard import DATA_PATH_CHOICE_FILE, check_workdir
+from bcjax.workdir_guard import CHECKPOINTS_DIR, DATA_PATH_CHOICE_FILE, SPLIT_FILE, check_workdir
 
 
 class TrainingError(RuntimeError):
@@ -167,14 +167,14 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple
             "recipes fine-tune ImageNet weights (README: 'Models and pretrained ImageNet weights')."
         )
     data = load_data(input_config(config, workdir, pretrained))
-    write_json(workdir / "split.json", data.split.to_json_dict())
+    write_json(workdir / SPLIT_FILE, data.split.to_json_dict())
     schedule = make_schedule(config, len(data.split.train))
     on_devices = place_training_data(config, data, mesh, workdir)
     steps, state = build_steps(
         config, mesh, normalizer=data.normalizer, total_steps=schedule.total_steps, model=model, device_data=on_devices
     )
     checkpoints = checkpoint.Checkpoints(
-        workdir / "checkpoints",
+        workdir / CHECKPOINTS_DIR,
         keep=config.keep_checkpoints,
         best_metric=config.best_metric if len(data.split.validation) else None,
     )

@@ -23,8 +23,11 @@ RESUMABLE_FIELDS = ("restart",)
 # Records the run's choice between the device-resident and the host data path (train.place_training_data);
 # a resume keeps that choice, a restart forgets it.
 DATA_PATH_CHOICE_FILE = "data_path.json"
+CHECKPOINTS_DIR = "checkpoints"
+EVAL_DIR = "eval"  # eval/<split>/: report.json, predictions.csv, plots
+SPLIT_FILE = "split.json"
 # What a run leaves in its workdir besides config.json; a restart deletes them.
-_RUN_OUTPUTS = ("checkpoints", "eval", METRICS_FILE, TENSORBOARD_DIR, "split.json", DATA_PATH_CHOICE_FILE)
+_RUN_OUTPUTS = (CHECKPOINTS_DIR, EVAL_DIR, METRICS_FILE, TENSORBOARD_DIR, SPLIT_FILE, DATA_PATH_CHOICE_FILE)
 
 
 class WorkdirMismatchError(RuntimeError):
