@@ -42,6 +42,7 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[nnx.Module, dict | N
         num_outputs(config),
         dtype=compute_dtype(config.model.dtype),
         rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+        backbone_kwargs=config.model.backbone_kwargs.to_dict(),
         **config.model.head_kwargs.to_dict(),
     )
     if not config.model.init_from:

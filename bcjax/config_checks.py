@@ -28,7 +28,7 @@ from absl import flags
 from bcjax import evaluation, input_pipeline, losses, normalization, optimizers
 from bcjax.datasets import splits
 from bcjax.datasets.breakhis import MAGNIFICATIONS, TARGET_CLASSES, Builder
-from bcjax.models import ARCHITECTURES, HEADS, LAYOUTS
+from bcjax.models import ARCHITECTURES, HEADS
 from bcjax.models.heads import ACTIVATIONS
 
 # Sides a final evaluation can report on: evaluation_files reports the leakage of validation and test.
@@ -39,6 +39,8 @@ DEVICE_RESIDENT = ("auto", True, False)
 _SPLIT_ARGUMENTS_SET_ELSEWHERE = {"table": "the dataset", "magnification": "config.data.magnification"}
 # Arguments bcjax.models.create_model gives every head itself.
 _HEAD_ARGUMENTS_SET_ELSEWHERE = ("in_features", "num_classes", "dtype", "param_dtype", "rngs")
+# Arguments bcjax.models.registry.build_backbone gives every backbone itself.
+_BACKBONE_ARGUMENTS_SET_ELSEWHERE = ("arch", "layout", "dtype", "param_dtype", "rngs")
 
 _MISSING = object()
 _MAPPINGS = (Mapping, ml_collections.ConfigDict)  # a ConfigDict is no Mapping
@@ -204,8 +206,13 @@ def _check_augment(check: _Checker) -> None:
 
 
 def _check_model(check: _Checker) -> None:
-    check.rule("model.arch", _one_of(ARCHITECTURES), f"must be one of {_names(ARCHITECTURES)}")
-    check.rule("model.layout", _one_of(LAYOUTS), f"must be one of {_names(LAYOUTS)}")
+    if check.rule("model.arch", _one_of(ARCHITECTURES), f"must be one of {_names(ARCHITECTURES)}"):
+        arch = check.value("model.arch")
+        family = ARCHITECTURES[arch]
+        check.rule("model.layout", _one_of(family.layouts), f"must be one of {_names(family.layouts)} for {arch}")
+        _check_keyword_arguments(
+            check, "model.backbone_kwargs", family.build, f"{arch}", exclude=_BACKBONE_ARGUMENTS_SET_ELSEWHERE
+        )
     head = check.value("model.head")
     if check.rule("model.head", _one_of(HEADS), f"must be one of {_names(HEADS)}"):
         _check_keyword_arguments(

@@ -155,12 +155,13 @@ def apply_converted(model: Classifier, converted: Converted, *, load_head: bool 
     """Fills `model.backbone` (and with `load_head`, the ImageNet LinearHead `model.head`)."""
     meta = converted.metadata
     backbone = model.backbone
-    wanted = (meta["architecture"], meta["layout"], meta["bn_epsilon"])
-    if (backbone.arch, backbone.layout, backbone.bn_epsilon) != wanted:
+    ours = (backbone.arch, backbone.layout, getattr(backbone, "bn_epsilon", None))
+    wanted = (meta["architecture"], meta["layout"], meta.get("bn_epsilon"))
+    if ours != wanted:
         raise ConversionError(
-            f"the weights are {meta['architecture']} layout {meta['layout']} (BN eps {meta['bn_epsilon']}), "
-            f"the model is {backbone.arch} layout {backbone.layout} (BN eps {backbone.bn_epsilon}); "
-            f"build it with create_model({meta['architecture']!r}, {meta['layout']!r}, ...)"
+            f"the weights are {wanted[0]} layout {wanted[1]} (BN eps {wanted[2]}), "
+            f"the model is {ours[0]} layout {ours[1]} (BN eps {ours[2]}); "
+            f"build it with create_model({wanted[0]!r}, {wanted[1]!r}, ...)"
         )
     _assign(backbone, converted.backbone, "the backbone weights")
     if load_head:

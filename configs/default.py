@@ -62,8 +62,9 @@ def _data() -> ml_collections.ConfigDict:
 def _model() -> ml_collections.ConfigDict:
     """bcjax.components.build_model"""
     model = ml_collections.ConfigDict()
-    model.arch = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
-    model.layout = "v1.5"  # v1.5 (torchvision/timm) | v1 (Keras ResNet50) | v2 (Keras ResNet50V2)
+    model.arch = "resnet50"  # any name in bcjax.models.ARCHITECTURES (python -m bcjax.models.summary --help)
+    model.layout = "v1.5"  # the arch family's variant; ResNet: v1.5 (torchvision/timm) | v1 (Keras) | v2 (Keras V2)
+    model.backbone_kwargs = ml_collections.ConfigDict()  # the family's options, e.g. resnet: bn_epsilon
     model.head = "linear"  # linear | mlp | recipe_a
     model.head_kwargs = ml_collections.ConfigDict()  # mlp: hidden, dropout, activation, dropout_first
     model.init_from = config_dict.placeholder(str)  # `python -m bcjax.convert` output: ImageNet backbone weights

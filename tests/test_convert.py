@@ -26,7 +26,7 @@ import pytest
 from flax import nnx
 
 from bcjax import convert, normalization, pretrained
-from bcjax.models import ARCHITECTURES, create_model
+from bcjax.models import create_model, resnet
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
@@ -287,7 +287,7 @@ def keras_outputs(keras, model, images=IMAGES, stages=KERAS_STAGES):
 
 def keras_stages(arch):
     """Keras' names of the stem's and each stage's output for `arch`, e.g. conv4_block23_out."""
-    _, depths = ARCHITECTURES[arch]
+    _, depths = resnet.ARCHITECTURES[arch]
     return {"stem": "pool1_pool"} | {f"stage{i + 1}": f"conv{i + 2}_block{n}_out" for i, n in enumerate(depths)}
 
 

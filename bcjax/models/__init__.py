@@ -2,18 +2,23 @@
 
 from bcjax.models.classifier import Classifier, create_model
 from bcjax.models.heads import HEADS, LinearHead, MLPHead, recipe_a_head
-from bcjax.models.resnet import ARCHITECTURES, BN_EPSILON, LAYOUTS, ResidualBlock, ResNet
+from bcjax.models.registry import ARCHITECTURES, FAMILIES, LAYOUTS, Family, build_backbone, family_of
+from bcjax.models.resnet import BN_EPSILON, ResidualBlock, ResNet
 
 __all__ = [
     "ARCHITECTURES",
     "BN_EPSILON",
+    "FAMILIES",
     "HEADS",
     "LAYOUTS",
     "Classifier",
+    "Family",
     "LinearHead",
     "MLPHead",
     "ResNet",
     "ResidualBlock",
+    "build_backbone",
     "create_model",
+    "family_of",
     "recipe_a_head",
 ]

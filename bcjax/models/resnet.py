@@ -213,7 +213,8 @@ def _block_strides(layout: str, depth: int, stage: int) -> list[int]:
 
 
 class ResNet(nnx.Module):
-    """ResNet backbone; returns globally average-pooled features (B, num_features)."""
+    """ResNet backbone (the `bcjax.models.registry` interface); returns globally average-pooled
+    features (B, num_features)."""
 
     def __init__(
         self,
@@ -247,12 +248,13 @@ class ResNet(nnx.Module):
         self.post_bn = layers.bn(c) if preact else None
         self.num_features = c
 
-    def __call__(
+    def feature_map(
         self, x: jax.Array, *, return_stages: bool = False
     ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
-        """Maps NHWC images to pooled features.
+        """NHWC images -> the last feature map (B, H/32, W/32, num_features); torchvision's
+        `layer4` output, Keras' `post_relu` in v2.
 
-        With `return_stages=True` returns `(features, stages)` where `stages` holds the
+        With `return_stages=True` returns `(feature_map, stages)` where `stages` holds the
         outputs of "stem" (after the max pool) and "stage1".."stage4" (the last block's
         output; in v2 before post_bn, like Keras' `convN_blockM_out`), for parity tests.
         """
@@ -267,5 +269,17 @@ class ResNet(nnx.Module):
             stages[f"stage{i + 1}"] = x
         if self.post_bn is not None:
             x = nnx.relu(self.post_bn(x))
-        features = jnp.mean(x, axis=(1, 2))
-        return (features, stages) if return_stages else features
+        return (x, stages) if return_stages else x
+
+    def pool(self, feature_map: jax.Array) -> jax.Array:
+        """Global average pool: (B, H, W, C) -> (B, C)."""
+        return jnp.mean(feature_map, axis=(1, 2))
+
+    def __call__(
+        self, x: jax.Array, *, return_stages: bool = False
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        """Pooled features (B, num_features); with `return_stages`, `(features, stages)` as in `feature_map`."""
+        if not return_stages:
+            return self.pool(self.feature_map(x))
+        fmap, stages = self.feature_map(x, return_stages=True)
+        return self.pool(fmap), stages

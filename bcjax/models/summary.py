@@ -1,4 +1,4 @@
-"""Parameter counts (total, per stage) and XLA-counted FLOPs of a model.
+"""Parameter counts (total, per part) and XLA-counted FLOPs of any registered model.
 
     python -m bcjax.models.summary resnet50 --layout v1.5 --height 224 --width 224
 
@@ -20,27 +20,26 @@ from flax import nnx
 
 from bcjax.models.classifier import Classifier, create_model
 from bcjax.models.heads import HEADS
-from bcjax.models.resnet import ARCHITECTURES, LAYOUTS
-
-_ORDER = ("stem", "stage1", "stage2", "stage3", "stage4", "post_bn", "head")
+from bcjax.models.registry import ARCHITECTURES, LAYOUTS
 
 
 def _group(path: tuple) -> str:
-    """Names the part of the model a parameter belongs to: stem, stage1..4, post_bn, head."""
+    """Names the part of the model a parameter belongs to: the backbone's top-level attribute
+    (a list such as ResNet's `stages` counts per element: stage1..4; `stem*` is one stem), or head."""
     if path[0] == "head":
         return "head"
-    part = path[1]
+    part = str(path[1])
     if part == "stages":
         return f"stage{path[2] + 1}"
-    return "stem" if str(part).startswith("stem") else str(part)
+    return "stem" if part.startswith("stem") else part
 
 
 def parameter_counts(model: Classifier) -> dict[str, int]:
-    """Trainable parameter counts per part (BN statistics excluded, as torch counts)."""
+    """Trainable parameter counts per part, in the model's order (BN statistics excluded, as torch counts)."""
     counts: dict[str, int] = collections.Counter()
     for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         counts[_group(path)] += value.size
-    return {part: counts[part] for part in _ORDER if part in counts}
+    return dict(sorted(counts.items(), key=lambda item: item[0] == "head"))
 
 
 def forward_flops(model: Classifier, height: int, width: int) -> float:
@@ -57,17 +56,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bcjax.models.summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("arch", choices=list(ARCHITECTURES))
-    parser.add_argument("--layout", choices=LAYOUTS, default="v1.5")
+    parser.add_argument("--layout", choices=LAYOUTS, help="default: the family's first layout")
     parser.add_argument("--head", choices=sorted(HEADS), default="linear")
     parser.add_argument("--num-classes", type=int, default=1000, help="1000 = the ImageNet classifier")
     parser.add_argument("--height", type=int, default=224)
     parser.add_argument("--width", type=int, default=224)
     args = parser.parse_args(argv)
 
-    model = nnx.eval_shape(lambda: create_model(args.arch, args.layout, args.head, args.num_classes, rngs=nnx.Rngs(0)))
+    try:
+        model = nnx.eval_shape(
+            lambda: create_model(args.arch, args.layout, args.head, args.num_classes, rngs=nnx.Rngs(0))
+        )
+    except ValueError as e:
+        parser.error(str(e))
     counts = parameter_counts(model)
     total = sum(counts.values())
-    print(f"{args.arch} layout={args.layout} head={args.head} num_classes={args.num_classes}")
+    print(f"{args.arch} layout={model.backbone.layout} head={args.head} num_classes={args.num_classes}")
     for part, count in counts.items():
         print(f"  {part:<8} {count:>13,}")
     print(f"  {'backbone':<8} {total - counts['head']:>13,}")

@@ -1,0 +1,71 @@
+"""Every backbone by name: the families, their architectures and layouts, and how to build one.
+
+A backbone is an `nnx.Module` with the parts the rest of bcjax relies on, whatever its family:
+
+  feature_map(x) -> (B, H, W, C)   the last convolutional feature map (Grad-CAM's default layer)
+  pool(fmap)     -> (B, num_features)   from that map to the features a head reads
+  __call__(x)    == pool(feature_map(x))
+  num_features, arch, layout       ints/strings the converters and loaders check
+
+Parameter groups (freezing, per-group learning rates) are the `backbone` and `head` attributes
+of a `Classifier`, so they need nothing from a family. The trainer, the converters' loader,
+the summary and Grad-CAM go through this table and never name a family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from bcjax.models import resnet
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One backbone family: its architectures, its layouts (which framework's variant of the
+    network: padding, epsilon, where a layer sits) and its builder."""
+
+    name: str
+    archs: tuple[str, ...]
+    layouts: tuple[str, ...]  # the first is the default
+    build: Callable[..., nnx.Module]  # build(arch, layout, *, dtype, param_dtype, rngs, **options) -> backbone
+
+    @property
+    def default_layout(self) -> str:
+        return self.layouts[0]
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family for family in (Family("resnet", tuple(resnet.ARCHITECTURES), resnet.LAYOUTS, resnet.ResNet),)
+}
+ARCHITECTURES: dict[str, Family] = {arch: family for family in FAMILIES.values() for arch in family.archs}
+LAYOUTS: tuple[str, ...] = tuple(dict.fromkeys(layout for f in FAMILIES.values() for layout in f.layouts))
+
+
+def family_of(arch: str) -> Family:
+    """The family that builds `arch`; a ValueError naming every architecture otherwise."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]
+
+
+def build_backbone(
+    arch: str,
+    layout: str | None = None,
+    *,
+    dtype: jnp.dtype = jnp.float32,
+    param_dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
+    **options: Any,
+) -> nnx.Module:
+    """The backbone `arch` in `layout` (default: its family's first layout); `options` are the
+    family's own keyword arguments (`model.backbone_kwargs`)."""
+    family = family_of(arch)
+    layout = family.default_layout if layout is None else layout
+    if layout not in family.layouts:
+        raise ValueError(f"unknown layout {layout!r} for {arch}; choose one of {family.layouts}")
+    return family.build(arch, layout, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
