@@ -286,7 +286,7 @@ def _check_optimizer(check: _Checker) -> None:
         check.rule(f"optimizer.{field}", _fraction(0, 1, low_open=False), "must be in [0, 1)")
     for field in ("eps_in_sqrt", "centered", "nesterov"):
         check.rule(f"optimizer.{field}", _is_bool, _BOOL)
-    check.rule("optimizer.freeze_backbone_steps", _is_int(0), "must be an integer >= 0")
+    check.rule("optimizer.freeze_backbone_steps", _is_int(-1), "must be an integer >= 0, or -1 for the whole run")
 
 
 def _check_evaluation(check: _Checker) -> None:

@@ -40,7 +40,8 @@ Config fields (`configs/default.py` declares them, each with its default and a c
 - `freeze_backbone_steps`: for the first N steps the backbone's updates are exactly zero and its
   optimizer state (moments, step count) is not touched, so after unfreezing it starts as a fresh
   optimizer would (no stale or inflated moments), at the schedule's value for the global step.
-  Adam's bias correction then also counts from the unfreezing step.
+  Adam's bias correction then also counts from the unfreezing step. -1 freezes it for the whole
+  run (recipe C's frozen base): the backbone then has no optimizer state at all.
 - `backbone_lr_multiplier`, `head_lr_multiplier`: each group's learning rate is the schedule
   times its multiplier (0 keeps a group fixed, weight decay included).
 """
@@ -85,9 +86,15 @@ def learning_rate_at(c: ml_collections.ConfigDict, total_steps: int, step: int, 
     """The learning rate `group` trains with at `step` (0 while frozen), for logging; `c` = `config.optimizer`."""
     if group not in GROUPS:
         raise ValueError(f"unknown parameter group {group!r}; choose one of {GROUPS}")
-    if step < _frozen_steps(c, group):
+    if frozen_at(c, step, group):
         return 0.0
     return float(_multiplier(c, group) * _base_schedule(c, total_steps)(step))
+
+
+def frozen_at(c: ml_collections.ConfigDict, step: int, group: str = "backbone") -> bool:
+    """Whether `group` is frozen at `step` (its batch-norm statistics too, in the trainer)."""
+    steps = _frozen_steps(c, group)
+    return steps < 0 or step < steps
 
 
 def _group_of(path: tuple) -> str:
@@ -110,6 +117,8 @@ def _frozen_for(tx: optax.GradientTransformation, steps: int) -> optax.GradientT
     # conditionally_mask zeroes the updates and leaves the inner state untouched until `steps`.
     if not steps:
         return tx
+    if steps < 0:  # frozen for good: no state to keep
+        return optax.set_to_zero()
     return optax.transforms.conditionally_mask(tx, lambda step: step >= steps)
 
 

@@ -295,7 +295,7 @@ def _loop(run: Run, state: State) -> State | None:
             fetch_start = time.perf_counter()
             inputs = run.next_inputs()
             throughput.input_seconds += time.perf_counter() - fetch_start
-            frozen = step < run.config.optimizer.freeze_backbone_steps
+            frozen = optimizers.frozen_at(run.config.optimizer, step)
             state, step_metrics = (run.steps.train_frozen if frozen else run.steps.train)(state, inputs)
             step += 1
             pending.append((step, step_metrics))

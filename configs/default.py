@@ -102,7 +102,7 @@ def _optimizer() -> ml_collections.ConfigDict:
     opt.centered = False  # rmsprop
     opt.momentum = 0.0  # sgd / rmsprop momentum
     opt.nesterov = False  # sgd / rmsprop
-    opt.freeze_backbone_steps = 0  # train only the head (backbone BN frozen too) for this many steps
+    opt.freeze_backbone_steps = 0  # train only the head (backbone BN frozen too) for this many steps; -1: always
     opt.backbone_lr_multiplier = 1.0  # backbone learning rate = base * this
     opt.head_lr_multiplier = 1.0  # head learning rate = base * this
     opt.kwargs = ml_collections.ConfigDict()  # extra keyword arguments of other optax optimizers

@@ -170,7 +170,7 @@ BAD_FIELDS = [
     (dict(optimizer__eps=-1e-7), "optimizer.eps=-1e-07", "number >= 0"),
     (dict(optimizer__decay=1.0), "optimizer.decay=1.0", "[0, 1)"),
     (dict(optimizer__momentum=-0.5), "optimizer.momentum=-0.5", "[0, 1)"),
-    (dict(optimizer__freeze_backbone_steps=-1), "optimizer.freeze_backbone_steps=-1", "integer >= 0"),
+    (dict(optimizer__freeze_backbone_steps=-2), "optimizer.freeze_backbone_steps=-2", "or -1 for the whole run"),
     (dict(optimizer__backbone_lr_multiplier=-1.0), "backbone_lr_multiplier=-1.0", "number >= 0"),
     (dict(optimizer__head_lr_multiplier=-2.0), "head_lr_multiplier=-2.0", "number >= 0"),
     (dict(optimizer__kwargs=ml_collections.ConfigDict({"foo": 1})), "optimizer.kwargs.foo", "optax.adam"),

@@ -172,6 +172,17 @@ def test_freeze_backbone_is_bit_exact_then_trains():
         assert not _same(history[step + 1]["head"], history[step]["head"])
 
 
+def test_backbone_frozen_for_the_whole_run_has_no_optimizer_state():
+    config = _config(name="adam", learning_rate=0.1, weight_decay=0.1, freeze_backbone_steps=-1)
+    history = _trajectory(config, 4)
+    assert all(_same(h["backbone"], history[0]["backbone"]) for h in history)
+    assert not _same(history[4]["head"], history[0]["head"])
+    params = {"backbone": {"kernel": jnp.ones((3, 3))}, "head": {"bias": jnp.ones(2)}}
+    moments = [x for x in jax.tree.leaves(optimizers.make_optimizer(config, 10).init(params)) if x.size > 1]
+    assert [x.shape for x in moments] == [(2,), (2,)]  # Adam's mu and nu of the head alone
+    assert optimizers.frozen_at(config, 10**6) and optimizers.learning_rate_at(config, 100, 99, "backbone") == 0.0
+
+
 def test_unfrozen_backbone_starts_with_fresh_state_on_the_global_schedule():
     # RMSprop's first step is lr/sqrt(1 - rho): any moment accumulated while frozen would shrink it.
     fresh = _trajectory(_config(name="rmsprop", learning_rate=0.1), 1)
