@@ -118,8 +118,8 @@ def _check_data(check: _Checker) -> None:
     if split in splits.PROTOCOLS:
         _check_split_kwargs(check, split)
     check.rule("data.all_folds", _is_bool, _BOOL)
-    if check.value("data.all_folds") is True and split != "patient_kfold":
-        check.add("data.all_folds", f"needs config.data.split='patient_kfold', not {split!r}")
+    if check.value("data.all_folds") is True and split not in splits.KFOLD_PROTOCOLS:
+        check.add("data.all_folds", f"needs config.data.split in {splits.KFOLD_PROTOCOLS}, not {split!r}")
     magnifications = ("", *MAGNIFICATIONS)
     if check.rule("data.magnification", _one_of(magnifications), f"must be one of {_names(magnifications)}"):
         if split == "recipe_a" and check.value("data.magnification"):

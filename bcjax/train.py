@@ -203,9 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _all_folds(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
-    """Spanhol's protocol: every fold of `patient_kfold` in `fold_<i>/`, then mean +- std."""
-    if config.data.split != "patient_kfold":
-        raise ValueError("config.data.all_folds needs config.data.split='patient_kfold'")
+    """Spanhol's protocol: every fold of `patient_kfold` (or `image_kfold`) in `fold_<i>/`, then mean +- std."""
     reports_by_fold = []
     for fold in range(config.data.split_kwargs.k):
         fold_config = config.copy_and_resolve_references()

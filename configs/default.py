@@ -33,9 +33,10 @@ def _data() -> ml_collections.ConfigDict:
     data.synthetic.image_width = 700  # BreakHis images are 700x460
     data.synthetic.image_height = 460
     data.synthetic.seed = 0  # seed of the synthetic images (independent of config.seed)
-    data.split = "patient_kfold"  # patient_kfold | patient_holdout | recipe_a | image_random | official_folds
+    # patient_kfold | patient_holdout | recipe_a | image_random | image_kfold | official_folds
+    data.split = "patient_kfold"
     data.split_kwargs = ml_collections.ConfigDict({"k": 5, "fold": 0, "val_fraction": 0.2})  # the protocol's arguments
-    data.all_folds = False  # True: run every fold of patient_kfold and report mean +- std (Spanhol)
+    data.all_folds = False  # True: run every fold of patient_kfold/image_kfold and report mean +- std (Spanhol)
     data.magnification = ""  # '' for all (MIB/MIM tasks) or one of 40X/100X/200X/400X (MSB/MSM)
     data.height = 224  # working resolution: images are decoded once at this size
     data.width = 224

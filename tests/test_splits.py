@@ -172,6 +172,24 @@ def test_image_random_leaks_and_stratifies_by_type(table):
     assert abs(len(unstratified.test) / len(table) - 0.3) < 0.01
 
 
+def test_image_kfold_shares_one_test_set_and_partitions_the_rest(table):
+    folds = [splits.image_kfold(table, fold=f, seed=3) for f in range(5)]
+    for split in folds:
+        np.testing.assert_array_equal(split.test, folds[0].test)
+        assert not np.intersect1d(split.train, split.validation).size
+        np.testing.assert_array_equal(
+            np.union1d(split.train, split.validation), np.union1d(folds[0].train, folds[0].validation)
+        )
+        assert split.leakage.n_shared_patients > 0.9 * split.leakage.held_out_patients  # images, not patients
+    assert abs(len(folds[0].test) / len(table) - 0.3) < 0.03
+    validations = np.concatenate([split.validation for split in folds])
+    assert len(validations) == len(np.unique(validations)) == len(table) - len(folds[0].test)
+    for split in folds:  # every tumour type in every validation fold, about a fifth of the rest each
+        assert len(set(table.tumor_type[split.validation])) == 8
+        assert abs(len(split.validation) / len(validations) - 0.2) < 0.02
+    assert not np.array_equal(splits.image_kfold(table, seed=4).test, folds[0].test)
+
+
 def write_folds_csv(path, table, test_of_fold, prefix):
     """A Folds.csv in the original layout: fold,mag,grp,filename with folds numbered from 1."""
     with open(path, "w", newline="") as file:
@@ -227,7 +245,7 @@ def test_official_folds_missing_and_unknown_rows(table, tmp_path):
         splits.official_folds(table, folds_csv=path, fold=7)
 
 
-@pytest.mark.parametrize("protocol", ["patient_kfold", "patient_holdout", "image_random"])
+@pytest.mark.parametrize("protocol", ["patient_kfold", "patient_holdout", "image_random", "image_kfold"])
 def test_magnification_filter_keeps_one_magnification_on_every_side(table, protocol):
     full = splits.make_split(table, protocol)
     split = splits.make_split(table, protocol, magnification="100X")

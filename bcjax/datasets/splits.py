@@ -287,6 +287,37 @@ def image_random(
     )
 
 
+def image_kfold(
+    table: ImageTable,
+    *,
+    test_fraction: float = 0.3,
+    k: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+    magnification: str | None = None,
+) -> Split:
+    """Recipe D as published: a random `test_fraction` of the images (stratified by tumour type)
+    is the test set and the rest is cut into k folds; fold `fold` validates, the others train.
+
+    The test set depends on the seed only, so the k folds share it (the paper averages its k
+    runs on one test set). Images, not patients, are the units: patients land on every side.
+    """
+    if k < 2:
+        raise ValueError(f"k must be at least 2, got {k}")
+    if not 0 <= fold < k:
+        raise ValueError(f"fold must be in 0..{k - 1} for k={k}, got {fold}")
+    _check_fraction("test_fraction", test_fraction, allow_zero=False)
+    _check_magnification(magnification)
+    units = _Units.of(table, table.filename)
+    rng = np.random.default_rng(seed)
+    test = _pick(np.arange(len(units)), units.sizes, units.tumor_type, test_fraction, rng)
+    rest = rng.permutation(np.setdiff1d(np.arange(len(units)), test))
+    rest = rest[np.argsort(units.tumor_type[rest], kind="stable")]  # dealt round-robin: every type in every fold
+    validation = rest[np.arange(len(rest)) % k == fold]
+    sides = (units.rows(np.setdiff1d(rest, validation)), units.rows(validation), units.rows(test))
+    return _split("image_kfold", table, sides, magnification, test_fraction=test_fraction, k=k, fold=fold, seed=seed)
+
+
 def official_folds(
     table: ImageTable, *, folds_csv: str | os.PathLike[str], fold: int, magnification: str | None = None
 ) -> Split:
@@ -314,8 +345,11 @@ def official_folds(
 
 
 PROTOCOLS: Mapping[str, Callable[..., Split]] = {
-    protocol.__name__: protocol for protocol in (patient_kfold, patient_holdout, recipe_a, image_random, official_folds)
+    protocol.__name__: protocol
+    for protocol in (patient_kfold, patient_holdout, recipe_a, image_random, image_kfold, official_folds)
 }
+# Protocols numbered by `fold` out of `k`, which `config.data.all_folds` runs one after another.
+KFOLD_PROTOCOLS = ("patient_kfold", "image_kfold")
 
 
 def make_split(table: ImageTable, protocol: str, **kwargs: Any) -> Split:
