@@ -25,11 +25,12 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class DownloadError(Exception):
-    """A download that did not give the published file; `unreachable` when no server answered."""
+    """A download that did not give the published file; `no_file` when the server could not be
+    reached or did not serve it (so the way out is another source), rather than a broken transfer."""
 
-    def __init__(self, message: str, *, unreachable: bool = False):
+    def __init__(self, message: str, *, no_file: bool = False):
         super().__init__(message)
-        self.unreachable = unreachable
+        self.no_file = no_file
 
 
 class _Interrupted(Exception):
@@ -86,7 +87,7 @@ class _RecordRedirects(urllib.request.HTTPRedirectHandler):
 
     stated: str | None = None
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 (urllib's signature)
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         self.stated = headers.get("X-Linked-Etag", self.stated)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -106,9 +107,9 @@ def _fetch(url: str, partial: Path, out: TextIO) -> str | None:
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # nothing after `offset`: the partial file is whole; the hash decides
             return None
-        raise DownloadError(f"{url}: the server answered {e.code} {e.reason}") from None
+        raise DownloadError(f"{url}: the server answered {e.code} {e.reason}", no_file=True) from None
     except (urllib.error.URLError, OSError) as e:
-        raise DownloadError(f"{url}: {getattr(e, 'reason', e)}", unreachable=True) from None
+        raise DownloadError(f"{url}: {getattr(e, 'reason', e)}", no_file=True) from None
     with response:
         stated = response.headers.get("X-Linked-Etag") or redirects.stated
         if response.status != 206:

@@ -88,7 +88,7 @@ def fetch_file(entry: Published, *, out: TextIO = sys.stderr) -> Path:
     try:
         http_download.download(url, path, algorithm=entry.hash_algorithm, expected=entry.hash_prefix, out=out)
     except http_download.DownloadError as e:
-        raise WeightDownloadError(_by_hand(entry, url, path, e) if e.unreachable else str(e)) from None
+        raise WeightDownloadError(_by_hand(entry, path, e) if e.no_file else str(e)) from None
     return path
 
 
@@ -104,13 +104,13 @@ def _check_present(entry: Published, path: Path) -> None:
         )
 
 
-def _by_hand(entry: Published, url: str, path: Path, error: Exception) -> str:
-    """What to do without network access: fetch the file elsewhere, then let bcjax or the user convert it."""
+def _by_hand(entry: Published, path: Path, error: Exception) -> str:
+    """What to do when no server gives the file: fetch it elsewhere, then let bcjax or the user convert it."""
     folder = f"weights/{entry.source}-{entry.name}"
     hashed = f" ({entry.hash_algorithm} starting {entry.hash_prefix})" if entry.hash_algorithm else ""
     return (
         f"cannot download {entry.spec}: {error}\n"
-        f"Offline? On a machine with internet access fetch\n"
+        f"Offline? On a machine with internet access download\n"
         f"  {entry.url}{hashed}\n"
         f"then either copy it to {path} (it is checked and converted on the next run), or convert it yourself:\n"
         f"  python -m bcjax.convert --source={entry.source} --input={entry.file_name} --output={folder} "

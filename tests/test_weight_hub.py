@@ -352,6 +352,14 @@ def test_offline_one_message_with_the_url_and_the_convert_command_and_both_ways_
     assert read_converted(weight_hub.resolve(SPEC)).metadata["input_file"] == hub.file_name
 
 
+def test_a_server_without_the_file_gives_the_same_instructions(hub, served):
+    served.files.clear()
+    with pytest.raises(weight_hub.WeightDownloadError, match="404 Not Found") as error:
+        weight_hub.resolve(SPEC)
+    assert f"\n  {hub.url} (sha256 starting {hub.hash_prefix})\n" in str(error.value)
+    assert "python -m bcjax.convert --source=torchvision" in str(error.value)
+
+
 def test_a_damaged_file_put_in_the_cache_by_hand_is_refused(hub, resnet18_file):
     in_cache = weight_hub.cache_dir() / "downloads" / hub.file_name
     in_cache.parent.mkdir(parents=True)
@@ -412,16 +420,22 @@ def test_config_check_refuses_weights_for_an_architecture_bcjax_lacks(monkeypatc
 @pytest.mark.slow
 def test_trainer_run_with_init_from_a_published_name(hub, served, prepared_data_dir, tmp_path):
     """`--config.model.init_from=torchvision:resnet18`: downloaded, converted and loaded; with the backbone
-    frozen for the whole run, the saved backbone is the published one bit for bit."""
+    frozen for the whole run, the saved backbone (parameters and BN statistics) is the published one bit for bit."""
     from bcjax import train
 
     config = tiny_config.get_config(str(prepared_data_dir))
     config.model.init_from = SPEC
-    config.optimizer.freeze_backbone_steps = config.total_steps
+    config.total_steps = config.optimizer.freeze_backbone_steps = 2
     config.evaluation.bootstrap_samples = 0
     train.train_and_evaluate(config, str(tmp_path / "run"))
     assert len(_gets(served, hub.file_name)) == 1
     converted = read_converted(weight_hub.converted_dir(hub)).backbone
     saved = tr.leaves_by_path(tr.saved_state(epath.Path(tmp_path / "run"), config.total_steps))
-    kernel = next(v for k, v in saved.items() if "backbone" in k and "stem_conv" in k and "kernel" in k)
-    np.testing.assert_array_equal(kernel, converted[("stem_conv", "kernel")])
+    backbone = {}  # ('stages', '0', '1', 'convs', '2', 'kernel') -> array, as read_converted keys them
+    for key, leaf in saved.items():
+        parts = tuple(a or b for a, b in re.findall(r"\[(?:'([^']*)'|(\d+))\]", key))
+        if parts[:2] in (("params", "backbone"), ("rest", "backbone")):
+            backbone[parts[2:-1]] = leaf
+    assert backbone.keys() == converted.keys()
+    for path, value in converted.items():
+        np.testing.assert_array_equal(backbone[path], value, err_msg=str(path))
