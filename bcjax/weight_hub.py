@@ -107,7 +107,7 @@ def _check_present(entry: Published, path: Path) -> None:
 def _by_hand(entry: Published, path: Path, error: Exception) -> str:
     """What to do when no server gives the file: fetch it elsewhere, then let bcjax or the user convert it."""
     folder = f"weights/{entry.source}-{entry.name}"
-    hashed = f" ({entry.hash_algorithm} starting {entry.hash_prefix})" if entry.hash_algorithm else ""
+    hashed = f" ({_hash_text(entry)})" if entry.hash_algorithm else ""
     return (
         f"cannot download {entry.spec}: {error}\n"
         f"Offline? On a machine with internet access download\n"
@@ -118,6 +118,12 @@ def _by_hand(entry: Published, path: Path, error: Exception) -> str:
         f"and pass --config.model.init_from={folder}. A server with the same file names can stand in for "
         f"the publishers': {MIRROR_ENV}=URL."
     )
+
+
+def _hash_text(entry: Published) -> str:
+    """'md5 <digest>', or 'sha256 starting <digits>' for torchvision's prefixes."""
+    whole = hashlib.new(entry.hash_algorithm).digest_size * 2 == len(entry.hash_prefix)
+    return f"{entry.hash_algorithm} {'' if whole else 'starting '}{entry.hash_prefix}"
 
 
 @contextlib.contextmanager
@@ -163,8 +169,9 @@ def _convert(entry: Published, weights: Path, target: Path, out: TextIO) -> None
 
 def _list(out: TextIO) -> None:
     for entry in PUBLISHED.values():
-        hashed = f"{entry.hash_algorithm} {entry.hash_prefix}" if entry.hash_algorithm else "no published hash"
-        print(f"{entry.spec:36} {entry.arch} ({entry.layout})  {hashed}  {entry.url}", file=out)
+        hashed = _hash_text(entry) if entry.hash_algorithm else "no published hash"
+        named = "" if entry.url.endswith(f"/{entry.file_name}") else f"  (cache and mirror name: {entry.file_name})"
+        print(f"{entry.spec:36} {entry.arch} ({entry.layout})  {hashed}\n    {entry.url}{named}", file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

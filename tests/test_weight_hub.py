@@ -95,6 +95,18 @@ def test_timm_entries_are_the_default_tags_on_the_hub():
     assert len(_entries("timm")) == 7
 
 
+def test_a_mirror_serves_the_urls_last_part_or_for_timm_the_hub_id(monkeypatch):
+    entries = published_weights.PUBLISHED
+    assert weight_hub.download_url(entries["keras:resnet50"]) == entries["keras:resnet50"].url
+    monkeypatch.setenv(weight_hub.MIRROR_ENV, "http://mirror.local/weights/")
+    assert (
+        weight_hub.download_url(entries["torchvision:resnet50"]) == "http://mirror.local/weights/resnet50-11ad3fa6.pth"
+    )
+    assert (
+        weight_hub.download_url(entries["timm:resnet50"]) == "http://mirror.local/weights/resnet50.a1_in1k.safetensors"
+    )
+
+
 def test_each_entry_names_an_architecture_and_layout_bcjax_builds_or_will():
     """Entries of families not merged yet are skipped; once merged, their arch and layout must exist."""
     for entry in published_weights.PUBLISHED.values():
