@@ -71,9 +71,13 @@ def download(
     os.replace(partial, destination)
 
 
+def hex_digest(path: Path, algorithm: str) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
 def _check(partial: Path, url: str, algorithm: str, expected: str) -> None:
-    with partial.open("rb") as f:
-        digest = hashlib.file_digest(f, algorithm).hexdigest()
+    digest = hex_digest(partial, algorithm)
     if not digest.startswith(expected):
         partial.unlink()
         raise DownloadError(

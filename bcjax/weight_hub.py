@@ -95,8 +95,7 @@ def fetch_file(entry: Published, *, out: TextIO = sys.stderr) -> Path:
 def _check_present(entry: Published, path: Path) -> None:
     if entry.hash_algorithm is None:
         return
-    with path.open("rb") as f:
-        digest = hashlib.file_digest(f, entry.hash_algorithm).hexdigest()
+    digest = http_download.hex_digest(path, entry.hash_algorithm)
     if not digest.startswith(entry.hash_prefix):
         raise WeightDownloadError(
             f"{path}: its {entry.hash_algorithm} is {digest}, the published one for {entry.spec} is "
@@ -112,7 +111,8 @@ def _by_hand(entry: Published, path: Path, error: Exception) -> str:
         f"cannot download {entry.spec}: {error}\n"
         f"Offline? On a machine with internet access download\n"
         f"  {entry.url}{hashed}\n"
-        f"then either copy it to {path} (it is checked and converted on the next run), or convert it yourself:\n"
+        f"as {entry.file_name}, then either copy it to {path} (it is checked and converted on the next run), "
+        "or convert it yourself:\n"
         f"  python -m bcjax.convert --source={entry.source} --input={entry.file_name} --output={folder} "
         f"--arch={entry.arch}\n"
         f"and pass --config.model.init_from={folder}. A server with the same file names can stand in for "
