@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from bcjax import losses, optimizers
+from bcjax import losses, optimizers, published_weights
 from bcjax.datasets.breakhis import TARGET_CLASSES
 from bcjax.device_data import DeviceData
 from bcjax.models import create_model
@@ -34,7 +34,8 @@ def num_outputs(config: ml_collections.ConfigDict) -> int:
 
 
 def build_model(config: ml_collections.ConfigDict) -> tuple[nnx.Module, dict | None]:
-    """The configured classifier, and the metadata of its pretrained backbone weights when `model.init_from` is set."""
+    """The configured classifier, and the metadata of its pretrained backbone weights when `model.init_from` is set
+    (a converted folder, or published weights by name, downloaded and converted once into the cache)."""
     model = create_model(
         config.model.arch,
         config.model.layout,
@@ -45,11 +46,16 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[nnx.Module, dict | N
         backbone_kwargs=config.model.backbone_kwargs.to_dict(),
         **config.model.head_kwargs.to_dict(),
     )
-    if not config.model.init_from:
+    init_from = config.model.init_from
+    if not init_from:
         return model, None
     from bcjax import pretrained  # orbax restores only for runs that start from converted weights
 
-    return model, pretrained.load_pretrained(model, config.model.init_from)
+    if published_weights.is_published_name(init_from):  # e.g. "torchvision:resnet50"
+        from bcjax import weight_hub
+
+        init_from = weight_hub.resolve(init_from)
+    return model, pretrained.load_pretrained(model, init_from)
 
 
 def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:

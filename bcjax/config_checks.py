@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from bcjax import evaluation, input_pipeline, losses, normalization, optimizers
+from bcjax import evaluation, input_pipeline, losses, normalization, optimizers, published_weights
 from bcjax.datasets import splits
 from bcjax.datasets.breakhis import MAGNIFICATIONS, TARGET_CLASSES, Builder
 from bcjax.models import ARCHITECTURES, HEADS
@@ -223,12 +223,33 @@ def _check_model(check: _Checker) -> None:
             check.rule("model.head_kwargs.activation", _one_of(ACTIVATIONS), f"must be one of {_names(ACTIVATIONS)}")
         if isinstance(kwargs, _MAPPINGS) and "dropout" in kwargs:
             check.rule("model.head_kwargs.dropout", _fraction(0, 1, low_open=False), "must be in [0, 1)")
-    check.rule(
-        "model.init_from",
-        _optional(lambda v: _is_text(v) and os.path.isdir(os.path.expanduser(v))),
-        "no such folder; make one with python -m bcjax.convert",
-    )
+    if published_weights.is_published_name(check.value("model.init_from")):
+        _check_published_weights(check)
+    else:
+        check.rule(
+            "model.init_from",
+            _optional(lambda v: _is_text(v) and os.path.isdir(os.path.expanduser(v))),
+            "no such folder; make one with python -m bcjax.convert, or name published weights "
+            "(e.g. 'torchvision:resnet50'; python -m bcjax.weight_hub list)",
+        )
     check.rule("model.dtype", lambda v: v == "auto" or _is_float_dtype(v), "must be 'auto' or a float dtype")
+
+
+def _check_published_weights(check: _Checker) -> None:
+    """SOURCE:NAME is a known name whose weights fit model.arch and model.layout (no network needed)."""
+    try:
+        entry = published_weights.lookup(check.value("model.init_from"))
+    except ValueError as e:
+        check.add("model.init_from", str(e))
+        return
+    if entry.arch not in ARCHITECTURES:
+        check.add("model.init_from", f"converts to {entry.arch!r}, an architecture this bcjax does not build")
+    elif (check.value("model.arch"), check.value("model.layout")) != (entry.arch, entry.layout):
+        check.add(
+            "model.init_from",
+            f"converts to {entry.arch} in layout {entry.layout}: pass --config.model.arch={entry.arch} "
+            f"--config.model.layout={entry.layout}",
+        )
 
 
 def _check_loss(check: _Checker) -> None:
