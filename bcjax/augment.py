@@ -3,13 +3,16 @@
 Augmentation is split in two: `sample_params` draws every random choice for one
 image, `apply_params` applies them deterministically. A device-side
 implementation (`bcjax.augment_device`) can then be checked against this one
-parameter for parameter. Pixel normalisation lives in `bcjax.normalization`.
+parameter for parameter; the any-angle rotation, zoom and translation are one
+function written for numpy and jax.numpy alike (`affine_warp`). Pixel
+normalisation lives in `bcjax.normalization`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
@@ -22,6 +25,10 @@ HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
 # Macenko's reference H&E stain vectors (columns) and 99th-percentile concentrations.
 MACENKO_REFERENCE_STAINS = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
 MACENKO_REFERENCE_MAX_CONCENTRATIONS = np.array([1.9705, 1.0308])
+
+# What `affine_warp` reads where it looks outside the image, as Keras' RandomRotation/Zoom/Translation:
+# reflect "d c b a | a b c d | d c b a" (edge pixel repeated), nearest "a a | a b c d | d d", constant 0.
+FILL_MODES = ("reflect", "nearest", "constant")
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -43,18 +50,25 @@ class AugmentConfig:
     rotate90: bool = False  # square images: any multiple of 90 degrees; others: 0 or 180
     crop_scale: tuple[float, float] = (1.0, 1.0)  # random resized crop: area fraction kept
     crop_ratio: tuple[float, float] = (1.0, 1.0)  # aspect-ratio change of the crop box
-    brightness: float = 0.0  # additive, as a fraction of 255
+    brightness: float = 0.0  # additive delta in +-brightness * 255 grey levels: Keras RandomBrightness(brightness)
     contrast: float = 0.0  # multiplicative around the mean: factor in [1-c, 1+c]
     hed_sigma: float = 0.0  # HED stain jitter (Tellez 2018): scale 1+-s, shift +-s per stain
+    rotation: float = 0.0  # any angle in +-rotation degrees: Keras RandomRotation(rotation / 360)
+    zoom: float = 0.0  # sampling-grid scale in [1-z, 1+z], below 1 zooms in: Keras RandomZoom(zoom)
+    translation: float = 0.0  # shift in +-translation of the height and of the width: Keras RandomTranslation
+    fill_mode: str = "reflect"  # one of FILL_MODES: what rotation, zoom and translation bring in from outside
 
     @property
     def enabled(self) -> bool:
-        return self != AugmentConfig()
+        return dataclasses.replace(self, fill_mode=AugmentConfig.fill_mode) != AugmentConfig()
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentParams:
-    """Every random choice for one image: crop box (y0, x0, h, w), flips, rotation, colour."""
+    """Every random choice for one image: crop box (y0, x0, h, w), flips, rotations, colour, zoom and shift.
+
+    `rotation` is in degrees, `zoom` the sampling grid's scale, `translation` (dy, dx) in pixels.
+    """
 
     crop: tuple[float, float, float, float]
     flip_horizontal: bool
@@ -64,6 +78,9 @@ class AugmentParams:
     contrast: float
     hed_scale: tuple[float, float, float]
     hed_shift: tuple[float, float, float]
+    rotation: float = 0.0
+    zoom: float = 1.0
+    translation: tuple[float, float] = (0.0, 0.0)
 
 
 def sample_params(config: AugmentConfig, rng: np.random.Generator, height: int, width: int) -> AugmentParams:
@@ -81,6 +98,10 @@ def sample_params(config: AugmentConfig, rng: np.random.Generator, height: int, 
         contrast=float(rng.uniform(1 - config.contrast, 1 + config.contrast)),
         hed_scale=tuple(float(v) for v in rng.uniform(1 - s, 1 + s, 3)),
         hed_shift=tuple(float(v) for v in rng.uniform(-s, s, 3)),
+        # Drawn last, so the draws above stay those of configs without these fields.
+        rotation=float(rng.uniform(-config.rotation, config.rotation)),
+        zoom=float(rng.uniform(1 - config.zoom, 1 + config.zoom)),
+        translation=tuple(float(v) for v in rng.uniform(-config.translation, config.translation, 2) * (height, width)),
     )
 
 
@@ -98,8 +119,12 @@ def _sample_crop(config: AugmentConfig, rng: np.random.Generator, height: int, w
     return (float(y0), float(x0), h, w)
 
 
-def apply_params(image: np.ndarray, params: AugmentParams) -> np.ndarray:
-    """Applies `params` to a uint8 HxWx3 image; returns uint8 of the same shape."""
+def apply_params(image: np.ndarray, params: AugmentParams, fill_mode: str = "reflect") -> np.ndarray:
+    """Applies `params` to a uint8 HxWx3 image; returns uint8 of the same shape.
+
+    Geometry first (crop, flips, quarter turns, then rotation, zoom and translation in one
+    resample), then colour (HED, contrast, brightness), rounded once at the end.
+    """
     height, width = image.shape[:2]
     y0, x0, h, w = params.crop
     if (h, w) != (height, width):
@@ -112,12 +137,62 @@ def apply_params(image: np.ndarray, params: AugmentParams) -> np.ndarray:
     if params.rotate90:
         image = np.rot90(image, params.rotate90)
     pixels = image.astype(np.float32)
+    if (params.rotation, params.zoom, params.translation) != (0.0, 1.0, (0.0, 0.0)):
+        pixels = affine_warp(pixels, params.rotation, params.zoom, params.translation, fill_mode)
     if params.hed_scale != (1.0, 1.0, 1.0) or params.hed_shift != (0.0, 0.0, 0.0):
         pixels = hed_jitter(pixels, np.array(params.hed_scale), np.array(params.hed_shift))
     if params.contrast != 1.0:
         pixels = (pixels - pixels.mean()) * params.contrast + pixels.mean()
     pixels = pixels + params.brightness * 255.0
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def affine_warp(
+    pixels, rotation, zoom, translation, fill_mode: str, xp: ModuleType = np
+):  # arrays of numpy or jax.numpy: no annotation covers both
+    """Rotates float HxWxC `pixels` by `rotation` degrees about the centre, scales the sampling grid
+    by `zoom` and shifts by `translation` (dy, dx) pixels, in one bilinear resample.
+
+    Keras' RandomRotation, RandomZoom, RandomTranslation in that order (each maps output pixel p to
+    source c + M (p - c), c the centre at (size - 1) / 2): source = c + zoom * R (p - c - translation).
+    `xp` is numpy on the host and jax.numpy inside the jitted step, so both paths share one definition.
+    """
+    height, width, channels = pixels.shape
+    angle = xp.asarray(rotation, xp.float32) * xp.float32(math.pi / 180)
+    cos, sin = xp.cos(angle) * zoom, xp.sin(angle) * zoom
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    y, x = xp.meshgrid(xp.arange(height, dtype=xp.float32), xp.arange(width, dtype=xp.float32), indexing="ij")
+    y, x = y - cy - translation[0], x - cx - translation[1]
+    return _bilinear(
+        pixels.reshape(-1, channels), cy + sin * x + cos * y, cx + cos * x - sin * y, height, width, fill_mode, xp
+    )
+
+
+def _bilinear(flat, ys, xs, height: int, width: int, fill_mode: str, xp: ModuleType):
+    """Samples the (height * width, C) pixels `flat` at float coordinates (ys, xs), the image
+    extended beyond its edges by `fill_mode`; returns (*ys.shape, C)."""
+    y0, x0 = xp.floor(ys), xp.floor(xs)
+    fy, fx = (ys - y0)[..., None], (xs - x0)[..., None]
+    y0, x0 = y0.astype(xp.int32), x0.astype(xp.int32)
+
+    def tap(iy, ix):
+        value = xp.take(flat, _fold(iy, height, fill_mode, xp) * width + _fold(ix, width, fill_mode, xp), axis=0)
+        if fill_mode == "constant":
+            inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+            value = xp.where(inside[..., None], value, 0.0)
+        return value
+
+    top = tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx
+    bottom = tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _fold(index, size: int, fill_mode: str, xp: ModuleType):
+    """Integer pixel indices anywhere -> indices inside 0..size-1, as `fill_mode` extends the image."""
+    if fill_mode == "reflect":  # period 2 * size: a b c d d c b a
+        index = xp.mod(index, 2 * size)
+        return xp.where(index >= size, 2 * size - 1 - index, index)
+    return xp.clip(index, 0, size - 1)  # nearest; constant masks these taps afterwards
 
 
 def hed_jitter(pixels: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -137,7 +212,7 @@ class RandomAugment:
     def __call__(self, example: dict, rng: np.random.Generator) -> dict:
         image = example["image"]
         params = sample_params(self.config, rng, *image.shape[:2])
-        return {**example, "image": apply_params(image, params)}
+        return {**example, "image": apply_params(image, params, self.config.fill_mode)}
 
 
 # ----------------------------------------------------------------------------- stain normalisation
