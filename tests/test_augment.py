@@ -2,12 +2,17 @@
 (bcjax.normalization) on the same images."""
 
 import dataclasses
+import pathlib
+import re
 
 import numpy as np
 import pytest
 
-from bcjax import augment, normalization
+from bcjax import augment, config_checks, input_pipeline, normalization
 from bcjax.datasets import synthetic
+from configs import default
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -294,3 +299,24 @@ def test_rotation_zoom_and_translation_stay_in_their_ranges():
 def test_fill_mode_alone_enables_nothing():
     assert not augment.AugmentConfig(fill_mode="constant").enabled
     assert augment.AugmentConfig(rotation=1.0).enabled
+
+
+def test_readme_augmentation_settings_are_the_recipes():
+    """The README's Augmentation block, run as written on configs/default.py: each recipe passes the
+    config checks, and recipe C is MODELS.md's (brightness +-51 grey levels, both flips, +-72 degrees
+    with Keras' reflect fill)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n### Augmentation\n", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    recipes = {}
+    for block in code.split("\n\n"):
+        config = default.get_config()
+        exec(block, {"config": config})
+        assert config_checks.config_problems(config, 1) == [], block
+        name = re.match(r"# Recipe (\w)", block).group(1)
+        recipes[name] = input_pipeline.InputConfig.from_config(config, normalization="imagenet").augment
+    assert recipes["C"] == augment.AugmentConfig(
+        flip_horizontal=True, flip_vertical=True, brightness=0.2, rotation=72.0
+    )
+    assert recipes["C"].fill_mode == "reflect" and recipes["C"].brightness * 255 == 51
+    assert set(recipes) == {"C", "D"} and recipes["D"].enabled
