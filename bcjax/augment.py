@@ -13,9 +13,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import jax
+
+    Array = np.ndarray | jax.Array  # `affine_warp` runs on both
 
 # Colour deconvolution for haematoxylin, eosin and DAB (Ruifrok & Johnston 2001).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
@@ -148,13 +154,18 @@ def apply_params(image: np.ndarray, params: AugmentParams, fill_mode: str = "ref
 
 
 def affine_warp(
-    pixels, rotation, zoom, translation, fill_mode: str, xp: ModuleType = np
-):  # arrays of numpy or jax.numpy: no annotation covers both
+    pixels: Array,
+    rotation: float | Array,
+    zoom: float | Array,
+    translation: tuple[float, float] | Array,
+    fill_mode: str,
+    xp: ModuleType = np,
+) -> Array:
     """Rotates float HxWxC `pixels` by `rotation` degrees about the centre, scales the sampling grid
     by `zoom` and shifts by `translation` (dy, dx) pixels, in one bilinear resample.
 
-    Keras' RandomRotation, RandomZoom, RandomTranslation in that order (each maps output pixel p to
-    source c + M (p - c), c the centre at (size - 1) / 2): source = c + zoom * R (p - c - translation).
+    Output pixel p reads source c + zoom * R (p - c - translation), c = (size - 1) / 2 the centre:
+    Keras' RandomRotation, then RandomZoom, then RandomTranslation, without resampling in between.
     `xp` is numpy on the host and jax.numpy inside the jitted step, so both paths share one definition.
     """
     height, width, channels = pixels.shape
