@@ -2,7 +2,8 @@
 
 Split like the host version: `sample_params_device` draws a batch of parameters
 with the same distributions as `augment.sample_params`, `apply_params_device`
-applies them in the same order as `augment.apply_params`. `params_from_host`
+applies them in the same order as `augment.apply_params` (the rotation, zoom and
+translation with the host's own `augment.affine_warp`, in jax.numpy). `params_from_host`
 turns host parameters into the device layout, so both paths can be compared on
 identical choices (tests/test_augment_device.py measures how close they are).
 """
@@ -30,6 +31,8 @@ def sample_params_device(
     rotations = 4 if height == width else 2
     k = jax.random.randint(keys[1], (batch,), 0, rotations) * (4 // rotations)
     s = config.hed_sigma
+    # Keys of their own, so the draws above stay those of configs without these fields.
+    affine_keys = jax.random.split(jax.random.fold_in(key, 8), 3)
     return {
         **_sample_crop(config, keys[0], batch, height, width),
         "flip_h": jnp.logical_and(config.flip_horizontal, uniform(keys[2], 0.0, 1.0) < 0.5),
@@ -39,6 +42,10 @@ def sample_params_device(
         "contrast": uniform(keys[5], 1 - config.contrast, 1 + config.contrast),
         "hed_scale": uniform(keys[6], 1 - s, 1 + s, (batch, 3)),
         "hed_shift": uniform(keys[7], -s, s, (batch, 3)),
+        "rotation": uniform(affine_keys[0], -config.rotation, config.rotation),
+        "zoom": uniform(affine_keys[1], 1 - config.zoom, 1 + config.zoom),
+        "translation": uniform(affine_keys[2], -config.translation, config.translation, (batch, 2))
+        * jnp.array([height, width], jnp.float32),
     }
 
 
@@ -72,21 +79,34 @@ def params_from_host(params: Sequence[augment.AugmentParams]) -> dict[str, jax.A
         "contrast": column(lambda p: p.contrast, np.float32),
         "hed_scale": column(lambda p: p.hed_scale, np.float32),
         "hed_shift": column(lambda p: p.hed_shift, np.float32),
+        "rotation": column(lambda p: p.rotation, np.float32),
+        "zoom": column(lambda p: p.zoom, np.float32),
+        "translation": column(lambda p: p.translation, np.float32),
     }
 
 
-def apply_params_device(images: jax.Array, params: dict[str, jax.Array]) -> jax.Array:
-    """Augments uint8 images [B, H, W, 3] with a batch of parameters; returns uint8 [B, H, W, 3]."""
-    return jax.vmap(_apply_one)(images, params)
+def apply_params_device(
+    images: jax.Array, params: dict[str, jax.Array], fill_mode: str = "reflect", *, warp: bool = True
+) -> jax.Array:
+    """Augments uint8 images [B, H, W, 3] with a batch of parameters; returns uint8 [B, H, W, 3].
+
+    `fill_mode` (one of `augment.FILL_MODES`) and `warp` are static: jit with them among the static
+    arguments. `warp=False` (`AugmentConfig.warps` is False: no rotation, zoom or translation) skips
+    the resample, whose identity parameters would leave the pixels as they are anyway.
+    """
+    return jax.vmap(lambda image, p: _apply_one(image, p, fill_mode, warp))(images, params)
 
 
-def _apply_one(image: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
-    """`augment.apply_params` for one image: crop, flips, rotation, HED, contrast, brightness, round."""
+def _apply_one(image: jax.Array, p: dict[str, jax.Array], fill_mode: str, warp: bool) -> jax.Array:
+    """`augment.apply_params` for one image: crop, flips, quarter turns, rotation/zoom/translation,
+    HED, contrast, brightness, round. Identity parameters leave every stage exact."""
     image = _crop_resize(image, p["y0"], p["x0"], p["h"], p["w"])
     image = jnp.where(p["flip_h"], image[:, ::-1], image)
     image = jnp.where(p["flip_v"], image[::-1], image)
     image = _rotate90(image, p["rotate90"])
     pixels = image.astype(jnp.float32)
+    if warp:
+        pixels = augment.affine_warp(pixels, p["rotation"], p["zoom"], p["translation"], fill_mode, xp=jnp)
     jitter = jnp.any(p["hed_scale"] != 1.0) | jnp.any(p["hed_shift"] != 0.0)
     pixels = jnp.where(jitter, hed_jitter_device(pixels, p["hed_scale"], p["hed_shift"]), pixels)
     mean = pixels.mean()

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from bcjax import evaluation, input_pipeline, losses, normalization, optimizers, published_weights
+from bcjax import augment, evaluation, input_pipeline, losses, normalization, optimizers, published_weights
 from bcjax.datasets import splits
 from bcjax.datasets.breakhis import MAGNIFICATIONS, TARGET_CLASSES, Builder
 from bcjax.models import ARCHITECTURES, HEADS
@@ -203,6 +203,22 @@ def _check_augment(check: _Checker) -> None:
     )
     for name in ("brightness", "contrast", "hed_sigma"):
         check.rule(f"data.augment.{name}", _number(0), "must be a number >= 0")
+    check.rule(
+        "data.augment.rotation",
+        _fraction(0, 180, low_open=False, high_open=False),
+        "must be in [0, 180]: the largest angle in degrees either way (recipe C: 72)",
+    )
+    check.rule(
+        "data.augment.zoom",
+        _fraction(0, 1, low_open=False),
+        "must be in [0, 1): the sampling grid's scale is drawn from [1 - zoom, 1 + zoom]",
+    )
+    check.rule(
+        "data.augment.translation",
+        _fraction(0, 1, low_open=False, high_open=False),
+        "must be in [0, 1]: the largest shift, as a fraction of the height and of the width",
+    )
+    check.rule("data.augment.fill_mode", _one_of(augment.FILL_MODES), f"must be one of {_names(augment.FILL_MODES)}")
 
 
 def _check_model(check: _Checker) -> None:

@@ -98,7 +98,7 @@ def device_batch(data: DeviceData, step: jax.Array) -> dict[str, jax.Array]:
     if data.augment.enabled:
         augment_key = jax.random.fold_in(jax.random.fold_in(key, 1), step)
         params = augment_device.sample_params_device(data.augment, augment_key, size, *images.shape[1:3])
-        images = augment_device.apply_params_device(images, params)
+        images = augment_device.apply_params_device(images, params, data.augment.fill_mode, warp=data.augment.warps)
     batch = {"image": images, **{k: v[positions] for k, v in data.examples.items()}}
     return jax.lax.with_sharding_constraint(batch, sharding)
 

@@ -54,9 +54,13 @@ def _data() -> ml_collections.ConfigDict:
     aug.rotate90 = False  # multiples of 90 degrees (square inputs) or 180 (others)
     aug.crop_scale = (1.0, 1.0)  # random resized crop: range of the area kept
     aug.crop_ratio = (1.0, 1.0)  # random resized crop: range of the aspect-ratio change
-    aug.brightness = 0.0  # additive, as a fraction of 255
+    aug.brightness = 0.0  # delta drawn from +-brightness * 255 grey levels (recipe C: 0.2, +-51)
     aug.contrast = 0.0  # contrast factor drawn from [1 - c, 1 + c]
     aug.hed_sigma = 0.0  # HED stain jitter strength (Tellez 2018)
+    aug.rotation = 0.0  # any angle drawn from +-rotation degrees, bilinear (recipe C: 72)
+    aug.zoom = 0.0  # sampling-grid scale drawn from [1 - zoom, 1 + zoom]: below 1 zooms in
+    aug.translation = 0.0  # shift drawn from +-translation of the height and of the width
+    aug.fill_mode = "reflect"  # outside the image after rotation/zoom/translation: reflect | nearest | constant (0)
     return data
 
 

@@ -21,7 +21,7 @@ batch_of = jax.jit(device_data.device_batch)
 def data(prepared_data_dir):
     config = tiny_config.get_config(str(prepared_data_dir))
     config.data.balance = True
-    config.data.augment.update(rotate90=True, crop_scale=(0.5, 1.0), hed_sigma=0.05)
+    config.data.augment.update(rotate90=True, crop_scale=(0.5, 1.0), hed_sigma=0.05, rotation=30.0, fill_mode="nearest")
     return input_pipeline.load(train.input_config(config, None, None), progress=False)
 
 
