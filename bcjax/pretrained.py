@@ -136,7 +136,9 @@ def read_converted(directory: str | os.PathLike, *, load_head: bool = False) -> 
 def _assign(module: nnx.Module, flat: Mapping[tuple, Any], what: str) -> None:
     """Copies arrays into `module`'s variables after checking keys and shapes; a variable
     already placed on devices keeps its sharding."""
-    variables = {"/".join(map(str, path)): v for path, v in nnx.to_flat_state(nnx.state(module))}
+    # Weights only: parameters and batch statistics, not the RNG state of a dropout layer (VGG fc layers).
+    weights = nnx.state(module, nnx.Any(nnx.Param, nnx.BatchStat))
+    variables = {"/".join(map(str, path)): v for path, v in nnx.to_flat_state(weights)}
     flat = {"/".join(map(str, path)): value for path, value in flat.items()}
     check_fit(
         {k: tuple(v.shape) for k, v in variables.items()},
