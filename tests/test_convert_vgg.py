@@ -10,6 +10,9 @@ needs 224x224, once. Each reference model (138M parameters with its fc layers) i
 
 import hashlib
 import os
+import pathlib
+import re
+import shlex
 
 import jax
 import jax.numpy as jnp
@@ -18,14 +21,16 @@ import pytest
 from flax import nnx
 from test_convert import calibrate_torch, write_published_h5
 
-from bcjax import convert, normalization, pretrained
+from bcjax import config_checks, convert, normalization, pretrained
 from bcjax.converters import resnet as resnet_converter
 from bcjax.converters import vgg as vgg_converter
 from bcjax.models import create_model
 from bcjax.models.vgg import adaptive_avg_pool
+from configs import default
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
+README = pathlib.Path(__file__).parents[1] / "README.md"
 TOL = 1e-4  # max |difference| over the reference's largest |value|, for logits and feature maps
 IMAGES = np.random.default_rng(1).standard_normal((2, 64, 64, 3)).astype(np.float32)
 
@@ -115,12 +120,27 @@ def vgg16_bn(torch, tmp_path_factory):
     return convert.convert_file(path, "torchvision"), reference
 
 
-def test_torchvision_vgg16_through_cli_and_load_pretrained(vgg16_pth, tmp_path, capsys):
+def readme_vgg_block(language):
+    """The first `language` code block of README's VGG section."""
+    section = README.read_text().split("### VGG16 and VGG19")[1].split("\n### ")[0]
+    return re.search(rf"```{language}\n(.*?)```", section, re.S)[1]
+
+
+def test_readme_vgg_commands_through_cli_and_load_pretrained(vgg16_pth, tmp_path, monkeypatch, capsys):
+    """README's convert command (our file for its --input) and config lines; the result loads and matches torch."""
     path, reference = vgg16_pth
-    out = tmp_path / "vgg16_tv"
-    assert convert.main(["--source=torchvision", f"--input={path}", f"--output={out}"]) == 0
+    monkeypatch.chdir(tmp_path)
+    command = next(
+        line for line in readme_vgg_block("bash").replace("\\\n", " ").splitlines() if "bcjax.convert" in line
+    )
+    argv = [f"--input={path}" if arg.startswith("--input=") else arg for arg in shlex.split(command)[3:]]
+    assert convert.main(argv) == 0
     printed = capsys.readouterr().out
     assert "converted torchvision vgg16 (layout torch)" in printed and "1000 classes, in imagenet_head/" in printed
+    config = default.get_config()
+    exec(readme_vgg_block("python"), {"config": config})
+    assert [p for p in config_checks.config_problems(config, 1) if p.startswith("config.model")] == []
+    out = config.model.init_from
     model = nnx.eval_shape(
         lambda: create_model("vgg16", "torch", "linear", 1000, rngs=nnx.Rngs(0), backbone_kwargs={"fc_layers": True})
     )
