@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,9 @@ def read_converted(directory: str | os.PathLike, *, load_head: bool = False) -> 
 def _assign(module: nnx.Module, flat: Mapping[tuple, Any], what: str) -> None:
     """Copies arrays into `module`'s variables after checking keys and shapes; a variable
     already placed on devices keeps its sharding."""
-    variables = {"/".join(map(str, path)): v for path, v in nnx.to_flat_state(nnx.state(module))}
+    # Weights only: parameters and batch statistics, not the RNG state of a dropout layer (VGG fc layers).
+    weights = nnx.state(module, nnx.Any(nnx.Param, nnx.BatchStat))
+    variables = {"/".join(map(str, path)): v for path, v in nnx.to_flat_state(weights)}
     flat = {"/".join(map(str, path)): value for path, value in flat.items()}
     check_fit(
         {k: tuple(v.shape) for k, v in variables.items()},
@@ -151,6 +153,15 @@ def _assign(module: nnx.Module, flat: Mapping[tuple, Any], what: str) -> None:
         variable.set_value(jax.device_put(value, current.sharding if isinstance(current, jax.Array) else None))
 
 
+def _present_or_required(
+    module: nnx.Module, flat: Mapping[StatePath, np.ndarray], optional: Sequence[str]
+) -> dict[StatePath, np.ndarray]:
+    """`flat` without the `optional` top-level layers that `module` was built without (VGG's ImageNet
+    fc1/fc2 when the model pools globally); every other array must still fit."""
+    present = {str(path[0]) for path, _ in nnx.to_flat_state(nnx.state(module))}
+    return {path: v for path, v in flat.items() if str(path[0]) in present or str(path[0]) not in optional}
+
+
 def apply_converted(model: Classifier, converted: Converted, *, load_head: bool = False) -> None:
     """Fills `model.backbone` (and with `load_head`, the ImageNet LinearHead `model.head`)."""
     meta = converted.metadata
@@ -163,7 +174,11 @@ def apply_converted(model: Classifier, converted: Converted, *, load_head: bool 
             f"the model is {ours[0]} layout {ours[1]} (BN eps {ours[2]}); "
             f"build it with create_model({wanted[0]!r}, {wanted[1]!r}, ...)"
         )
-    _assign(backbone, converted.backbone, "the backbone weights")
+    _assign(
+        backbone,
+        _present_or_required(backbone, converted.backbone, meta.get("optional_layers", ())),
+        "the backbone weights",
+    )
     if load_head:
         if converted.head is None:
             raise ConversionError("the weights have no ImageNet head; call with load_head=False")

@@ -3,6 +3,7 @@ Parity with torchvision/timm/Keras outputs is in test_convert.py."""
 
 import ast
 import pathlib
+import shlex
 import subprocess
 import sys
 
@@ -34,6 +35,39 @@ def abstract(arch, layout, head="linear", num_classes=1000, **kwargs):
 @pytest.mark.parametrize("arch,layout", PARAMETERS)
 def test_parameter_counts(arch, layout):
     assert sum(summary.parameter_counts(abstract(arch, layout)).values()) == PARAMETERS[arch, layout]
+
+
+# torchvision's counts: convs, the ImageNet fc layers and the 1000-class classifier.
+VGG_PARAMETERS = {"vgg16": 138_357_544, "vgg19": 143_667_240, "vgg16_bn": 138_365_992, "vgg19_bn": 143_678_248}
+
+
+@pytest.mark.parametrize("arch", VGG_PARAMETERS)
+def test_vgg_parameter_counts(arch):
+    model = abstract(arch, None, backbone_kwargs={"fc_layers": True})
+    assert sum(summary.parameter_counts(model).values()) == VGG_PARAMETERS[arch]
+
+
+def test_vgg_without_fc_layers_has_the_keras_notop_parameters():
+    counts = summary.parameter_counts(abstract("vgg16", "keras"))
+    assert sum(counts.values()) - counts["head"] == 14_714_688  # keras.applications.VGG16(include_top=False)
+
+
+@pytest.mark.parametrize("fc_layers, features", [(False, 512), (True, 4096)])
+def test_vgg_feature_map_is_the_last_max_pool(fc_layers, features):
+    """H/32 x W/32 (floored at each pool) at any input size; the fc layers' adaptive pool takes any map."""
+    model = abstract("vgg16_bn", "torch", num_classes=3, backbone_kwargs={"fc_layers": fc_layers})
+    fmap, pooled, logits = nnx.eval_shape(
+        lambda m, x: (m.feature_map(x), m.backbone.pool(m.feature_map(x)), m(x)), model, jnp.zeros((1, 70, 46, 3))
+    )
+    assert (fmap.shape, pooled.shape, logits.shape) == ((1, 2, 1, 512), (1, features), (1, 3))
+
+
+def test_readme_vgg_summary_command(capsys):
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("python -m bcjax.models.summary vgg16"))
+    assert summary.main(shlex.split(command)[3:]) == 0
+    out = capsys.readouterr().out
+    assert "fc1        102,764,544" in out and "total      138,357,544" in out
 
 
 @pytest.mark.parametrize(
@@ -101,6 +135,7 @@ def test_mlp_head_is_configurable():
         (dict(layout="v3"), "unknown layout"),
         (dict(head="svm"), "unknown head"),
         (dict(head="mlp", activation="swish2"), "unknown activation"),
+        (dict(arch="vgg16_bn", layout="keras"), "Keras publishes no batch-norm VGG"),
     ],
 )
 def test_bad_arguments(kwargs, message):

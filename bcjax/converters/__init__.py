@@ -6,8 +6,8 @@ Each family module exposes `KINDS` (per source, what file a user should pass, fo
 missing, unexpected or misshapen key). `bcjax.convert` reads the files and picks the family.
 """
 
-from bcjax.converters import resnet
+from bcjax.converters import resnet, vgg
 
-CONVERTERS = {"resnet": resnet}
+CONVERTERS = {"resnet": resnet, "vgg": vgg}
 
 __all__ = ["CONVERTERS"]

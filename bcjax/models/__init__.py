@@ -4,6 +4,7 @@ from bcjax.models.classifier import Classifier, create_model
 from bcjax.models.heads import HEADS, LinearHead, MLPHead, recipe_a_head
 from bcjax.models.registry import ARCHITECTURES, FAMILIES, LAYOUTS, Family, build_backbone, family_of
 from bcjax.models.resnet import BN_EPSILON, ResidualBlock, ResNet
+from bcjax.models.vgg import VGG
 
 __all__ = [
     "ARCHITECTURES",
@@ -17,6 +18,7 @@ __all__ = [
     "MLPHead",
     "ResNet",
     "ResidualBlock",
+    "VGG",
     "build_backbone",
     "create_model",
     "family_of",

@@ -21,7 +21,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from bcjax.models import resnet
+from bcjax.models import resnet, vgg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,11 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (Family("resnet", tuple(resnet.ARCHITECTURES), resnet.LAYOUTS, resnet.ResNet),)
+    family.name: family
+    for family in (
+        Family("resnet", tuple(resnet.ARCHITECTURES), resnet.LAYOUTS, resnet.ResNet),
+        Family("vgg", tuple(vgg.ARCHITECTURES), vgg.LAYOUTS, vgg.VGG),
+    )
 }
 ARCHITECTURES: dict[str, Family] = {arch: family for family in FAMILIES.values() for arch in family.archs}
 LAYOUTS: tuple[str, ...] = tuple(dict.fromkeys(layout for f in FAMILIES.values() for layout in f.layouts))

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +53,17 @@ def forward_flops(model: Classifier, height: int, width: int) -> float:
     return float(forward.lower(state, image).compile().cost_analysis()["flops"])
 
 
+def _key_value(item: str) -> tuple[str, Any]:
+    """ "fc_layers=true" -> ("fc_layers", True); a VALUE that is not JSON stays a string."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--backbone-kwarg {item!r}: write KEY=VALUE, e.g. fc_layers=true")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bcjax.models.summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -61,13 +74,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=1000, help="1000 = the ImageNet classifier")
     parser.add_argument("--height", type=int, default=224)
     parser.add_argument("--width", type=int, default=224)
+    parser.add_argument(
+        "--backbone-kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a family's own option, as config model.backbone_kwargs takes it (e.g. fc_layers=true for VGG's "
+        "ImageNet fc layers); VALUE is read as JSON, else as a string; repeatable",
+    )
     args = parser.parse_args(argv)
 
     try:
+        backbone_kwargs = dict(_key_value(item) for item in args.backbone_kwarg)
         model = nnx.eval_shape(
-            lambda: create_model(args.arch, args.layout, args.head, args.num_classes, rngs=nnx.Rngs(0))
+            lambda: create_model(
+                args.arch, args.layout, args.head, args.num_classes, rngs=nnx.Rngs(0), backbone_kwargs=backbone_kwargs
+            )
         )
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         parser.error(str(e))
     counts = parameter_counts(model)
     total = sum(counts.values())
