@@ -237,8 +237,15 @@ def _check_model(check: _Checker) -> None:
         kwargs = check.value("model.head_kwargs")
         if isinstance(kwargs, _MAPPINGS) and "activation" in kwargs:
             check.rule("model.head_kwargs.activation", _one_of(ACTIVATIONS), f"must be one of {_names(ACTIVATIONS)}")
+        rate = _fraction(0, 1, low_open=False)
         if isinstance(kwargs, _MAPPINGS) and "dropout" in kwargs:
-            check.rule("model.head_kwargs.dropout", _fraction(0, 1, low_open=False), "must be in [0, 1)")
+            check.rule(
+                "model.head_kwargs.dropout",
+                lambda v: rate(v) or (_is_sequence(v) and all(map(rate, v))),
+                "must be a rate in [0, 1), or one such rate per hidden layer",
+            )
+        if isinstance(kwargs, _MAPPINGS) and "input_dropout" in kwargs:
+            check.rule("model.head_kwargs.input_dropout", rate, "must be in [0, 1)")
     if published_weights.is_published_name(check.value("model.init_from")):
         _check_published_weights(check)
     else:

@@ -70,8 +70,8 @@ def _model() -> ml_collections.ConfigDict:
     model.arch = "resnet50"  # any name in bcjax.models.ARCHITECTURES (python -m bcjax.models.summary --help)
     model.layout = "v1.5"  # the arch family's variant; ResNet: v1.5 (torchvision/timm) | v1 (Keras) | v2 (Keras V2)
     model.backbone_kwargs = ml_collections.ConfigDict()  # the family's options, e.g. resnet: bn_epsilon
-    model.head = "linear"  # linear | mlp | recipe_a
-    model.head_kwargs = ml_collections.ConfigDict()  # mlp: hidden, dropout, activation, dropout_first
+    model.head = "linear"  # linear | mlp | a published stack: recipe_a, recipe_c_vgg16, recipe_c_mobilenetv3, ...
+    model.head_kwargs = ml_collections.ConfigDict()  # mlp: hidden, dropout, input_dropout, activation, dropout_first
     model.init_from = config_dict.placeholder(str)  # `python -m bcjax.convert` output: ImageNet backbone weights
     model.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16
     return model

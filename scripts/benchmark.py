@@ -1,33 +1,35 @@
-"""ResNet-50 training-step throughput, side by side: bcjax vs Keras 3 (TensorFlow) vs PyTorch.
+"""Training-step throughput of any zoo model, side by side: bcjax vs Keras 3 (TensorFlow) vs PyTorch.
 
     python scripts/benchmark.py [--frameworks=bcjax,keras,torch] [--recipes=a,b]
         [--dtypes=float32,bfloat16] [--warmup=N --steps=N] [--time_to_result] [--breakdown]
-        [--arch=resnet50 --height=H --width=W --batch=B]
+        [--model=resnet50 --height=H --width=W --batch=B]
         [--json_out=FILE] [--xla_flags='...'] [--compilation_cache_dir=DIR]
 
-Every framework trains the same model (ResNet + global average pool + Dense(2), softmax
-cross-entropy, Adam 1e-4) on the same uint8 batch (built once on the host, sent to the
-device and normalised with ImageNet mean/std inside every step) at the same batch size and
-resolution:
+Every framework trains the same model (`--model`, built as scripts/benchmarking/models.py says:
+backbone + global average pool + Dense(2)), with softmax cross-entropy and Adam 1e-4, on the same
+uint8 batch (built once on the host, sent to the device and normalised with ImageNet mean/std inside
+every step) at the same batch size and resolution:
   recipe a: batch 32 at 96 high x 144 wide (Abu Al-Haija & Manasra); 2 warm-up + 5 timed steps
   recipe b: batch 32 at 224 x 224 (Nishio et al.); 1 warm-up + 3 timed steps
 The first warm-up step carries the compilation; it is reported as "first step". images/s
 is batch x timed steps / their wall time (synchronised once, after the last timed step).
-TFLOP/s = images/s x 24.5 GFLOP (a ResNet-50 training step per 224x224 image) x H x W / 224^2;
-MFU = TFLOP/s / the GPU's dense bfloat16 peak, for bfloat16 rows on H100, H200 or A100.
+TFLOP/s = images/s x the model's training GFLOP per image at that size (3 x the forward FLOPs XLA
+counts for bcjax's model: 24.0 for ResNet-50 at 224x224); MFU = TFLOP/s / the GPU's dense bfloat16
+peak, for bfloat16 rows on H100, H200 or A100.
 
   bcjax  the trainer's own step (`bcjax.components.build_steps` on configs/default.py
-         with this model, `parallel.to_global` every step), ResNet v1.5;
+         with this model in torchvision's layout, `parallel.to_global` every step);
          bfloat16 = bfloat16 compute with float32 parameters. "compile" = JAX's
          trace + lowering + XLA compile (or persistent-cache load) events of the
          first step; "init" = model init + optimizer state, reported apart.
-  keras  `keras.applications.ResNet50(weights=None, include_top=False, pooling='avg')`
+  keras  the keras.applications network (`weights=None, include_top=False, pooling='avg'`)
          + Dense(2), `train_on_batch`; bfloat16 = the 'mixed_bfloat16' policy.
          jit_compile follows `--keras_jit_compile` ('auto', Keras' default, resolves
          to False on CPU-only machines and to True, i.e. XLA, with a GPU); the table
-         says which. Keras' ResNet50 is the v1 layout (stride on the 1x1 conv).
-  torch  `torchvision.models.resnet50(num_classes=2)`, channels_last, eager,
-         `torch.set_num_threads(os.cpu_count())`, cudnn.benchmark on GPUs;
+         says which. Keras' ResNets are the v1 layout (stride on the 1x1 conv); Keras has
+         no ResNet-18/34, batch-norm VGG or ERNet (a "not available" row).
+  torch  the torchvision network with 2 classes (or benchmarking/torch_ernet.py), channels_last,
+         eager, `torch.set_num_threads(os.cpu_count())`, cudnn.benchmark on GPUs;
          bfloat16 = `torch.autocast(dtype=torch.bfloat16)`.
 "compile" of Keras and torch = first step - mean timed step.
 
@@ -72,6 +74,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ is not installed
 
 from benchmarking import figures, tables  # noqa: E402
+from benchmarking.models import MODELS  # noqa: E402
 from benchmarking.protocol import DTYPES, RunSpec  # noqa: E402
 from benchmarking.record import header, print_header, probe_device, write_json  # noqa: E402
 from benchmarking.workers import FRAMEWORKS, run_worker, worker  # noqa: E402
@@ -102,7 +105,9 @@ _WARMUP = flags.DEFINE_integer(
     "warmup", None, "Untimed steps, the compiling one included (default: a 2, b 1).", lower_bound=1
 )
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps (default: recipe a 5, recipe b 3).", lower_bound=0)
-_ARCH = flags.DEFINE_string("arch", "resnet50", "ResNet depth (resnet18/34/50/101/152); Keras has 50/101/152.")
+_MODEL = flags.DEFINE_enum(
+    "model", "resnet50", list(MODELS), "The network every framework trains (scripts/benchmarking/models.py)."
+)
 _HEIGHT = flags.DEFINE_integer("height", None, "Override every recipe's input height.")
 _WIDTH = flags.DEFINE_integer("width", None, "Override every recipe's input width.")
 _BATCH = flags.DEFINE_integer("batch", None, "Override every recipe's batch size.")
@@ -165,7 +170,7 @@ def make_specs(cache_dir: str, dtypes: list[str]) -> list[RunSpec]:
                         framework=framework,
                         recipe=name,
                         dtype=dtype,
-                        arch=_ARCH.value,
+                        model=_MODEL.value,
                         height=_HEIGHT.value or recipe.height,
                         width=_WIDTH.value or recipe.width,
                         batch=_BATCH.value or recipe.batch,
@@ -197,10 +202,12 @@ def run_all(specs: list[RunSpec], record: dict) -> list[tuple[dict, dict]]:
     The record is saved after every row, so a long run that is stopped keeps its rows.
     """
     pairs = []
+    gflop = {size: figures.train_gflop_per_image(_MODEL.value, *size) for size in {(s.height, s.width) for s in specs}}
     for spec in specs:
-        print(f"{spec.framework} recipe {spec.recipe} {spec.dtype} {spec.height}x{spec.width}: ", end="", flush=True)
+        print(f"{spec.framework} {spec.model} recipe {spec.recipe} {spec.dtype} {spec.height}x{spec.width}: ", end="")
         row = run_worker(spec, worker_env(spec.framework), timeout=_TIMEOUT.value)
-        row.update(figures.compute_figures(row, record["header"]["device"]["device"]))
+        row["train_gflop_per_image"] = gflop[spec.height, spec.width]
+        row.update(figures.compute_figures(row, record["header"]["device"]["device"], row["train_gflop_per_image"]))
         record["results"].append(row)
         print(row["status"] + (f", {row['images_per_s']:.2f} images/s" if row.get("images_per_s") else ""), flush=True)
         if spec.framework == "bcjax" and _CACHE_CHECK.value and row["status"] == "ok":
@@ -247,7 +254,7 @@ def worker_spec() -> RunSpec:
         framework=_FRAMEWORK.value,
         recipe=_RECIPE.value,
         dtype=_DTYPE.value,
-        arch=_ARCH.value,
+        model=_MODEL.value,
         height=_HEIGHT.value,
         width=_WIDTH.value,
         batch=_BATCH.value,

@@ -12,7 +12,7 @@ SCRIPT = os.path.join(REPO, "scripts", "benchmark.py")
 sys.path.append(os.path.join(REPO, "scripts"))  # the scripts import their package as `benchmarking`
 
 from benchmarking import workers  # noqa: E402
-from benchmarking.figures import compute_figures, ratios, time_to_result  # noqa: E402
+from benchmarking.figures import compute_figures, ratios, time_to_result, train_gflop_per_image  # noqa: E402
 from benchmarking.protocol import RunSpec  # noqa: E402
 from benchmarking.tables import results_table  # noqa: E402
 
@@ -52,7 +52,7 @@ def test_tiny_run_prints_the_table_and_writes_json(tmp_path):
         "--dtypes=float32",
         "--warmup=1",
         "--steps=1",
-        "--arch=resnet18",
+        "--model=resnet18",
         "--height=32",
         "--width=32",
         "--nocompile_cache_check",
@@ -100,7 +100,7 @@ def test_missing_framework_is_a_row_not_a_crash(monkeypatch):
         framework="torch",
         recipe="a",
         dtype="float32",
-        arch="resnet50",
+        model="resnet50",
         height=96,
         width=144,
         batch=32,
@@ -113,17 +113,39 @@ def test_missing_framework_is_a_row_not_a_crash(monkeypatch):
 
 
 def test_tflops_and_mfu():
-    row = {
-        "status": "ok",
-        "arch": "resnet50",
-        "height": 224,
-        "width": 224,
-        "images_per_s": 4000.0,
-        "device": "gpu",
-        "dtype": "bfloat16",
-    }
-    figures = compute_figures(row, "NVIDIA H100 80GB HBM3")
+    row = {"status": "ok", "height": 224, "width": 224, "images_per_s": 4000.0, "device": "gpu", "dtype": "bfloat16"}
+    figures = compute_figures(row, "NVIDIA H100 80GB HBM3", 24.5)
     assert figures["tflops"] == pytest.approx(98.0) and figures["mfu"] == pytest.approx(98.0 / 989.4)
-    assert compute_figures({**row, "dtype": "float32"}, "NVIDIA H100 80GB HBM3")["mfu"] is None
-    cpu = compute_figures({**row, "device": "cpu", "height": 96, "width": 144, "images_per_s": 10.0}, "cpu")
-    assert cpu["tflops"] == pytest.approx(10 * 24.5 * 96 * 144 / 224**2 / 1000) and cpu["mfu"] is None
+    assert compute_figures({**row, "dtype": "float32"}, "NVIDIA H100 80GB HBM3", 24.5)["mfu"] is None
+    assert compute_figures(row, "NVIDIA H100 80GB HBM3", None) == {"tflops": None, "mfu": None}
+    cpu = compute_figures({**row, "device": "cpu", "images_per_s": 10.0}, "cpu", 24.5)
+    assert cpu["tflops"] == pytest.approx(10 * 24.5 / 1000) and cpu["mfu"] is None
+
+
+def test_training_flops_are_three_forward_passes_as_xla_counts_them():
+    """ResNet-50 at 224x224: XLA counts 8.0 forward GFLOPs (summary's figure), so 24.0 for a step;
+    the count follows the pixels and the model."""
+    assert train_gflop_per_image("resnet50", 224, 224) == pytest.approx(24.0, abs=0.1)
+    recipe_a = train_gflop_per_image("resnet50", 96, 144)
+    assert recipe_a == pytest.approx(24.0 * 96 * 144 / 224**2, rel=0.1)
+    assert train_gflop_per_image("vgg16", 224, 224) > 3 * 24.0  # VGG16's convs: 15.4 GMACs a forward pass
+
+
+@pytest.mark.parametrize("model", ["vgg16", "mobilenet_v3_large"])
+def test_torch_builds_the_same_network_as_bcjax(model):
+    """Backbone + pool + Linear(2) in torch has as many parameters as bcjax's model with a linear head."""
+    from flax import nnx
+
+    from bcjax.models import create_model
+    from bcjax.models.summary import parameter_counts
+    from benchmarking import torch_runner
+    from benchmarking.models import MODELS
+
+    bench = MODELS[model]
+    ours = nnx.eval_shape(
+        lambda: create_model(
+            model, bench.layout, "linear", 2, rngs=nnx.Rngs(0), backbone_kwargs=dict(bench.backbone_kwargs)
+        )
+    )
+    theirs = torch_runner.build_model(model)
+    assert sum(parameter_counts(ours).values()) == sum(p.numel() for p in theirs.parameters())

@@ -154,6 +154,16 @@ BAD_FIELDS = [
         "model.head_kwargs.activation='swish'",
         "'relu'",
     ),
+    (
+        dict(model__head="mlp", model__head_kwargs=ml_collections.ConfigDict({"dropout": (0.3, 1.2)})),
+        "model.head_kwargs.dropout=(0.3, 1.2)",
+        "one such rate per hidden layer",
+    ),
+    (
+        dict(model__head="recipe_c_vgg16", model__head_kwargs=ml_collections.ConfigDict({"hidden": (8,)})),
+        "model.head_kwargs.hidden",
+        "takes none",
+    ),
     (dict(model__dtype="int8"), "model.dtype='int8'", "'auto'"),
     (dict(model__init_from="/no/weights"), "model.init_from='/no/weights'", "python -m bcjax.convert"),
     (dict(loss__name="ce"), "loss.name='ce'", "'softmax_ce'"),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bcjax.models import create_model, summary
+from bcjax.models import MLPHead, create_model, summary
 
 # Trainable parameters as torchvision and Keras report them (Keras' ResNet50 has 26,560
 # more: the conv biases, which our v1 folds into the BN means).
@@ -115,11 +115,44 @@ def test_recipe_a_head_order_and_dropout_modes():
     model = create_model("resnet18", "v1.5", "recipe_a", 1, rngs=nnx.Rngs(params=0, dropout=1))
     head = model.head
     assert [d.kernel.shape for d in head.hidden] == [(512, 1024)]
-    assert head.dropout.rate == 0.4 and head.dropout_first and head.out.kernel.shape == (1024, 1)
+    assert [d.rate for d in head.dropouts] == [0.4] and head.input_dropout.rate == 0
+    assert head.dropout_first and head.out.kernel.shape == (1024, 1)
     features = jnp.ones((4, 512))
     assert not np.allclose(head(features), head(features))  # training: fresh dropout masks
     model.eval()
     np.testing.assert_array_equal(head(features), head(features))
+
+
+@pytest.mark.parametrize(
+    "head, layers",
+    [  # recipe C's stacks as MODELS.md section 2 gives them: (dropout before, Dense width), then Dense 1
+        ("recipe_c_vgg16", [(0.4, 384), (0.3, 64), (0.2, 1)]),
+        ("recipe_c_mobilenetv3", [(0.4, 256), (0.3, 32), (0.2, 1)]),
+        ("recipe_c_resnet50v2", [(0.4, 256), (0.0, 32), (0.0, 32), (0.2, 1)]),
+    ],
+)
+def test_recipe_c_heads_are_the_published_stacks(head, layers):
+    model = abstract("resnet18", "v1.5", head, 1)
+    h = model.head
+    assert not h.dropout_first and h.activation == "relu"
+    rates = [h.input_dropout.rate] + [d.rate for d in h.dropouts]
+    widths = [d.kernel.shape[1] for d in h.hidden] + [h.out.kernel.shape[1]]
+    assert list(zip(rates, widths)) == layers
+
+
+def test_input_dropout_drops_the_pooled_features():
+    def head(input_dropout):
+        h = MLPHead(4, 1, hidden=(4,), input_dropout=input_dropout, rngs=nnx.Rngs(0))
+        h.hidden[0].kernel[...] = jnp.eye(4)
+        return h
+
+    features = jnp.ones((2, 4))
+    dropping = head(0.5)
+    assert not np.allclose(dropping(features), dropping(features))
+    kept = head(0.0)
+    np.testing.assert_array_equal(kept(features), kept(features))
+    with pytest.raises(ValueError, match="2 rates for 1 hidden layers"):
+        MLPHead(4, 1, hidden=(4,), dropout=(0.1, 0.2), rngs=nnx.Rngs(0))
 
 
 def test_mlp_head_is_configurable():

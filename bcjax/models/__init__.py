@@ -1,7 +1,7 @@
 """Pure Flax NNX models: no data, training or I/O code is imported here."""
 
 from bcjax.models.classifier import Classifier, create_model
-from bcjax.models.heads import HEADS, LinearHead, MLPHead, recipe_a_head
+from bcjax.models.heads import HEADS, PRESETS, LinearHead, MLPHead
 from bcjax.models.registry import ARCHITECTURES, FAMILIES, LAYOUTS, Family, build_backbone, family_of
 from bcjax.models.resnet import BN_EPSILON, ResidualBlock, ResNet
 from bcjax.models.vgg import VGG
@@ -12,6 +12,7 @@ __all__ = [
     "FAMILIES",
     "HEADS",
     "LAYOUTS",
+    "PRESETS",
     "Classifier",
     "Family",
     "LinearHead",
@@ -22,5 +23,4 @@ __all__ = [
     "build_backbone",
     "create_model",
     "family_of",
-    "recipe_a_head",
 ]

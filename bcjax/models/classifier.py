@@ -55,8 +55,8 @@ def create_model(
       layout: the framework variant, which must match the pretrained weights you load; each
         family lists its own (ResNet: "v1.5" torchvision/timm, "v1" Keras ResNet50, "v2"
         Keras ResNet50V2); None takes the family's first.
-      head: "linear", "mlp" (kwargs: hidden, dropout, activation, dropout_first) or
-        "recipe_a" (Dense 1024 -> Dropout 0.4 -> ReLU -> Dense).
+      head: "linear", "mlp" (kwargs: hidden, dropout, input_dropout, activation, dropout_first)
+        or a published stack of `bcjax.models.heads.PRESETS` ("recipe_a", "recipe_c_vgg16", ...).
       num_classes: 1 for one binary logit, else the number of classes.
       dtype: compute dtype, e.g. jnp.bfloat16; parameters and BN statistics stay in
         `param_dtype` (float32 by default).

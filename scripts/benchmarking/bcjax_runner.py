@@ -16,6 +16,7 @@ from bcjax import components, parallel, runtime
 from bcjax.normalization import make_normalizer
 from bcjax.steps import State, Steps, Task, forward
 from benchmarking import timing
+from benchmarking.models import MODELS
 from benchmarking.protocol import LEARNING_RATE, RunSpec, host_batch, mb, time_steps
 from configs import default
 
@@ -49,13 +50,15 @@ class CompileEvents:
 
 
 def bcjax_config(spec: RunSpec) -> ml_collections.ConfigDict:
-    """configs/default.py with the benchmark's model: the spec's ResNet (v1.5 layout) and compute dtype,
-    a linear head over the two labels, softmax cross-entropy, Adam at `LEARNING_RATE`.
+    """configs/default.py with the benchmark's model (`benchmarking.models`: the torchvision layout) and
+    compute dtype, a linear head over the two labels, softmax cross-entropy, Adam at `LEARNING_RATE`.
 
     Set even where default.py agrees today, so the comparison with Keras and torch holds if it changes.
     """
     config = default.get_config()
-    config.model.arch, config.model.layout, config.model.head = spec.arch, "v1.5", "linear"
+    model = MODELS[spec.model]
+    config.model.arch, config.model.layout, config.model.head = spec.model, model.layout, "linear"
+    config.model.backbone_kwargs = ml_collections.ConfigDict(dict(model.backbone_kwargs))
     config.model.dtype = spec.dtype
     config.data.target = "label"
     config.loss.name = "softmax_ce"

@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 from bcjax.schedule import make_schedule
+from benchmarking.models import MODELS
+from benchmarking.protocol import NUM_CLASSES
 from configs import binary, multiclass
 
-# ResNet-50 training (forward + backward) per 224x224 image; scales with the pixel count.
-RESNET50_TRAIN_GFLOP_224 = 24.5
+# A training step's FLOPs per image, as a multiple of the forward pass's (backward: about twice the forward).
+TRAIN_FLOPS_PER_FORWARD = 3
 # Dense bfloat16 tensor-core peaks (NVIDIA datasheets, SXM parts), for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
-def compute_figures(row: dict, device_kind: str) -> dict:
-    """Achieved TFLOP/s of a ResNet-50 row and, for bfloat16 on a GPU of known peak, its MFU."""
-    if row["status"] != "ok" or not row.get("images_per_s") or row["arch"] != "resnet50":
+def train_gflop_per_image(model: str, height: int, width: int) -> float:
+    """3 x the forward FLOPs of one image of the benchmark model, as XLA counts them in bcjax's compiled
+    eval-mode forward pass (`bcjax.models.summary.forward_flops`; ResNet-50 at 224x224: 3 x 8.0 = 24.0,
+    beside the 24.5 usually quoted, which counts the products with padding zeros too)."""
+    from flax import nnx  # the driver's imports: never a Keras or torch worker's
+
+    from bcjax.models import create_model, summary
+
+    bench = MODELS[model]
+    network = nnx.eval_shape(
+        lambda: create_model(
+            model, bench.layout, "linear", NUM_CLASSES, rngs=nnx.Rngs(0), backbone_kwargs=dict(bench.backbone_kwargs)
+        )
+    )
+    return TRAIN_FLOPS_PER_FORWARD * summary.forward_flops(network, height, width) / 1e9
+
+
+def compute_figures(row: dict, device_kind: str, train_gflop: float | None) -> dict:
+    """Achieved TFLOP/s of a row whose model trains `train_gflop` per image and, for bfloat16 on a GPU of
+    known peak, its MFU."""
+    if row["status"] != "ok" or not row.get("images_per_s") or train_gflop is None:
         return {"tflops": None, "mfu": None}
-    gflop = RESNET50_TRAIN_GFLOP_224 * row["height"] * row["width"] / 224**2
-    tflops = row["images_per_s"] * gflop / 1000
+    tflops = row["images_per_s"] * train_gflop / 1000
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_kind), None)
     usable = peak and row["device"] == "gpu" and row["dtype"] == "bfloat16"
     return {"tflops": tflops, "mfu": tflops / peak if usable else None}

@@ -1,7 +1,7 @@
-"""The Keras 3 (TensorFlow) worker: `train_on_batch` of keras.applications' ResNet + Dense(2).
+"""The Keras 3 (TensorFlow) worker: `train_on_batch` of a keras.applications network + Dense(2).
 
-TensorFlow is imported inside `run`, after the architecture check, so that a depth Keras lacks
-is reported without loading it.
+TensorFlow is imported inside `run`, after the model check, so that a network Keras lacks is
+reported without loading it.
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ import numpy as np
 
 from bcjax.normalization import IMAGENET_MEAN, IMAGENET_STD
 from benchmarking import timing
+from benchmarking.models import MODELS
 from benchmarking.protocol import LEARNING_RATE, NUM_CLASSES, RunSpec, compile_estimate, host_batch, mb, time_steps
-
-KERAS_ARCHS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152"}
 
 
 def run(spec: RunSpec) -> dict:
-    """`train_on_batch` of Keras' ResNet + Dense(2) on the uint8 batch."""
-    if spec.arch not in KERAS_ARCHS:
-        return {"status": f"not available: keras.applications has no {spec.arch}"}
+    """`train_on_batch` of the Keras network + Dense(2) on the uint8 batch."""
+    if MODELS[spec.model].keras is None:
+        return {"status": f"not available: keras.applications has no {spec.model}"}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -57,7 +56,8 @@ def _compiled_model(keras: Any, spec: RunSpec) -> Any:
 
 
 def _model(keras: Any, spec: RunSpec) -> Any:
-    """uint8 input -> ImageNet normalisation -> keras.applications ResNet -> Dense(2) -> float32 logits."""
+    """uint8 input -> ImageNet normalisation -> the keras.applications network, average-pooled -> Dense(2)
+    -> float32 logits."""
     if spec.dtype == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
@@ -65,7 +65,10 @@ def _model(keras: Any, spec: RunSpec) -> Any:
     inputs = keras.Input(shape, dtype="uint8")
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Normalization(mean=IMAGENET_MEAN, variance=np.square(IMAGENET_STD))(x)
-    backbone = getattr(keras.applications, KERAS_ARCHS[spec.arch])
-    x = backbone(weights=None, include_top=False, pooling="avg", input_shape=shape)(x)
+    name = MODELS[spec.model].keras
+    options = {"include_preprocessing": False} if name.startswith("MobileNetV3") else {}  # normalised above
+    x = getattr(keras.applications, name)(weights=None, include_top=False, pooling="avg", input_shape=shape, **options)(
+        x
+    )
     logits = keras.layers.Activation("linear", dtype="float32")(keras.layers.Dense(NUM_CLASSES)(x))
     return keras.Model(inputs, logits)

@@ -15,7 +15,8 @@ import numpy as np
 from benchmarking import timing
 
 DTYPES = ("float32", "bfloat16")
-# The model every framework trains: ResNet + global average pool + Dense(2), softmax cross-entropy, Adam.
+# What every framework trains (benchmarking.models): backbone + global average pool + Dense(2), softmax
+# cross-entropy, Adam.
 NUM_CLASSES = 2
 LEARNING_RATE = 1e-4
 
@@ -27,7 +28,7 @@ class RunSpec:
     framework: str
     recipe: str
     dtype: str
-    arch: str
+    model: str  # a name in benchmarking.models
     height: int
     width: int
     batch: int
@@ -43,7 +44,7 @@ class RunSpec:
             f"--framework={self.framework}",
             f"--recipe={self.recipe}",
             f"--dtype={self.dtype}",
-            f"--arch={self.arch}",
+            f"--model={self.model}",
             f"--height={self.height}",
             f"--width={self.width}",
             f"--batch={self.batch}",

@@ -1,4 +1,4 @@
-"""The PyTorch worker: an eager torchvision ResNet step in channels_last, optionally under bfloat16 autocast."""
+"""The PyTorch worker: an eager torchvision step in channels_last, optionally under bfloat16 autocast."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import torchvision
 
 from bcjax.normalization import IMAGENET_MEAN, IMAGENET_STD
 from benchmarking import timing
+from benchmarking.models import MODELS
 from benchmarking.protocol import LEARNING_RATE, NUM_CLASSES, RunSpec, compile_estimate, host_batch, mb, time_steps
 
 
 def run(spec: RunSpec) -> dict:
-    """An eager torchvision ResNet step in channels_last, optionally under bfloat16 autocast."""
+    """An eager step of the benchmark model in channels_last, optionally under bfloat16 autocast."""
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -38,10 +39,26 @@ def run(spec: RunSpec) -> dict:
 
 
 def _model_and_optimizer(spec: RunSpec, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """torchvision's ResNet (2 classes) in channels_last on `device`, and its Adam: the row's "init"."""
-    model = getattr(torchvision.models, spec.arch)(num_classes=NUM_CLASSES)
-    model = model.to(device, memory_format=torch.channels_last).train()
+    """The benchmark model (2 classes) in channels_last on `device`, and its Adam: the row's "init"."""
+    model = build_model(spec.model).to(device, memory_format=torch.channels_last).train()
     return model, torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+
+
+def build_model(name: str) -> torch.nn.Module:
+    """`name` as `benchmarking.models` describes it: backbone -> global average pool -> Linear(2)."""
+    builder = MODELS[name].torch
+    if builder == "ernet":
+        from benchmarking import torch_ernet
+
+        return torch_ernet.ernet(int(name.removeprefix("ernet")), num_classes=NUM_CLASSES)
+    network = getattr(torchvision.models, builder)(num_classes=NUM_CLASSES)
+    if MODELS[name].torch_is_resnet:
+        return network
+    features = network.features
+    width = [m for m in features.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
+    return torch.nn.Sequential(
+        features, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(width, NUM_CLASSES)
+    )
 
 
 def _step(spec: RunSpec, device: torch.device, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
