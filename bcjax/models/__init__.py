@@ -2,6 +2,7 @@
 
 from bcjax.models.classifier import Classifier, create_model
 from bcjax.models.heads import HEADS, LinearHead, MLPHead, recipe_a_head
+from bcjax.models.mobilenet_v3 import MobileNetV3
 from bcjax.models.registry import ARCHITECTURES, FAMILIES, LAYOUTS, Family, build_backbone, family_of
 from bcjax.models.resnet import BN_EPSILON, ResidualBlock, ResNet
 from bcjax.models.vgg import VGG
@@ -16,6 +17,7 @@ __all__ = [
     "Family",
     "LinearHead",
     "MLPHead",
+    "MobileNetV3",
     "ResNet",
     "ResidualBlock",
     "VGG",
