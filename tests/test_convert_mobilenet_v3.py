@@ -1,11 +1,12 @@
 """The MobileNetV3 converter against the real frameworks: random-weight torchvision mobilenet_v3_large
-and _small, timm mobilenetv3_large_100 and _small_100, Keras MobileNetV3Large (with top, in the
-published Keras 2 file layout) and MobileNetV3Small (no top, saved by Keras 3), converted and compared
-in eval mode in float32.
+and _small, timm mobilenetv3_large_100, Keras MobileNetV3Large (with top, in the published Keras 2
+file layout) and MobileNetV3Small (no top, saved by Keras 3), converted and compared in eval mode in
+float32; timm's _small_100 through its keys and shapes only (its blocks are Large's kinds).
 
 Biases are random and BN statistics calibrated on a random batch, so every mapping is tested.
-Inputs are 72x67: the stride-2 convs see even and odd sizes (72, 36, 18 rows; 67, 17, 9 columns ...),
-so Keras' asymmetric "SAME" padding is exercised in both of its cases.
+Inputs are 72x67: the stride-2 convs see even and odd sizes (rows 72, 36, 18, 9, 5; columns 67, 34,
+17, 9, 5), so Keras' asymmetric "SAME" padding is exercised in both of its cases. Each network is
+compiled once per test (jit), which costs far less than running it op by op.
 """
 
 import hashlib
@@ -340,6 +341,18 @@ def test_each_converter_claims_only_its_files(torch, arch):
     assert vgg_converter.identify(mobilenet, "torchvision")[0] is None
     for other in (resnet, vgg):
         assert mobilenet_converter.identify(other, "torchvision") == (None, "0 inverted-residual blocks")
+
+
+def test_timm_small_keys_and_shapes_map(torch):
+    timm = pytest.importorskip("timm", reason="timm names the keys")
+    with torch.device("meta"):
+        state = timm.create_model("mobilenetv3_small_100").state_dict()
+    converted = convert.convert_tensors({k: np.broadcast_to(np.float32(0), v.shape) for k, v in state.items()}, "timm")
+    assert (converted.metadata["architecture"], converted.metadata["backbone_kwargs"]) == (
+        "mobilenet_v3_small",
+        {"pre_logits": True},
+    )
+    assert len(converted.backbone) + len(converted.head) == len([k for k in state if "num_batches" not in k])
 
 
 def test_wrong_architecture_through_cli_writes_nothing(large_pth, tmp_path, capsys):

@@ -23,7 +23,7 @@ from flax import nnx
 
 from bcjax.converters.vgg import _TORCH_LEAVES, _as_is, _Leaf, _take
 from bcjax.models import LinearHead, MobileNetV3
-from bcjax.models.mobilenet_v3 import ARCHITECTURES
+from bcjax.models.mobilenet_v3 import ARCHITECTURES, STEM_WIDTH
 from bcjax.normalization import PREPROCESSING
 from bcjax.pretrained import FORMAT, ConversionError, Converted, StatePath, check_fit
 
@@ -32,23 +32,49 @@ _BY_BLOCKS = {len(blocks): arch for arch, (blocks, _, _) in ARCHITECTURES.items(
 _TIMM_STAGES = {"mobilenet_v3_large": (1, 2, 3, 4, 2, 3), "mobilenet_v3_small": (1, 2, 3, 2, 3)}
 
 # Our module paths inside one block, in a block's order.
-_BLOCK_PARTS = ("expand_conv", "expand_bn", "depthwise_conv", "depthwise_bn", ("se", "reduce"), ("se", "expand"))
-_BLOCK_PARTS += ("project_conv", "project_bn")
+_BLOCK_PARTS = (
+    ("expand_conv",),
+    ("expand_bn",),
+    ("depthwise_conv",),
+    ("depthwise_bn",),
+    ("se", "reduce"),
+    ("se", "expand"),
+    ("project_conv",),
+    ("project_bn",),
+)
+_KERAS_BLOCK = {
+    "expand_conv": "expand",
+    "expand_bn": "expand/BatchNorm",
+    "depthwise_conv": "depthwise",
+    "depthwise_bn": "depthwise/BatchNorm",
+    "project_conv": "project",
+    "project_bn": "project/BatchNorm",
+    "reduce": "squeeze_excite/Conv",
+    "expand": "squeeze_excite/Conv_1",
+}
+_TIMM_BLOCK = {  # an inverted residual ("ir" in timm's architecture strings)
+    "expand_conv": "conv_pw",
+    "expand_bn": "bn1",
+    "depthwise_conv": "conv_dw",
+    "depthwise_bn": "bn2",
+    "project_conv": "conv_pwl",
+    "project_bn": "bn3",
+    "reduce": "se.conv_reduce",
+    "expand": "se.conv_expand",
+}
+# timm's first block ("ds", depthwise-separable) has no expansion and numbers its layers from there.
+_TIMM_FIRST_BLOCK = _TIMM_BLOCK | {"depthwise_bn": "bn1", "project_conv": "conv_pw", "project_bn": "bn2"}
 
 
-def _parts(path: tuple) -> tuple:
-    return path if isinstance(path, tuple) else (path,)
-
-
-def _present(arch: str) -> list[list[tuple]]:
+def _present(arch: str) -> list[list[tuple[str, ...]]]:
     """Per block, the paths of its layers that exist in `arch` (no expand when the width is kept,
     no squeeze-excite in some blocks)."""
     blocks, _, _ = ARCHITECTURES[arch]
-    widths = [16] + [b[2] for b in blocks]
+    widths = [STEM_WIDTH] + [block[2] for block in blocks]
     present = []
     for i, (_, expanded, _, se, _, _) in enumerate(blocks):
         skip = ({"expand_conv", "expand_bn"} if expanded == widths[i] else set()) | (set() if se else {"se"})
-        present.append([_parts(p) for p in _BLOCK_PARTS if _parts(p)[0] not in skip])
+        present.append([part for part in _BLOCK_PARTS if part[0] not in skip])
     return present
 
 
@@ -57,52 +83,41 @@ def _present(arch: str) -> list[list[tuple]]:
 
 
 def _torchvision_layers(arch: str) -> dict[StatePath, str]:
-    """`features.0` stem, `features.{i}.block.{j}` (j counts the conv+BN pairs and the SE module),
-    `features.{n+1}` last conv, `classifier.0` pre-logits, `classifier.3` ImageNet classifier."""
+    """`features.0` stem, `features.{i}.block.{j}.{0: conv, 1: BN | fc1, fc2: SE}` (j counts the conv+BN
+    pairs and the SE module), `features.{n+1}` last conv, `classifier.0` pre-logits, `classifier.3` ImageNet."""
     names = {("stem_conv",): "features.0.0", ("stem_bn",): "features.0.1"}
     blocks = _present(arch)
     for i, parts in enumerate(blocks):
         j = 0
         for part in parts:
-            inner = {"reduce": "fc1", "expand": "fc2"}[part[1]] if part[0] == "se" else "01"[part[0].endswith("_bn")]
+            inner = {("se", "reduce"): "fc1", ("se", "expand"): "fc2"}.get(
+                part, "1" if part[0].endswith("_bn") else "0"
+            )
             names["blocks", i, *part] = f"features.{i + 1}.block.{j}.{inner}"
-            j += part[0].endswith("_bn") or part[1:] == ("expand",)
+            j += part[0].endswith("_bn") or part == ("se", "expand")  # the next module of the block
     last = f"features.{len(blocks) + 1}"
     return names | {("last_conv",): f"{last}.0", ("last_bn",): f"{last}.1"} | _TOP["torchvision"]
 
 
 def _timm_layers(arch: str) -> dict[StatePath, str]:
-    """`conv_stem`/`bn1`, `blocks.{stage}.{index}` (conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3; the first
-    block, without expansion: conv_dw, bn1, se, conv_pw, bn2), the last stage's conv/bn1, `conv_head`."""
+    """`conv_stem`/`bn1`, `blocks.{stage}.{index}.{layer}`, the last stage's conv/bn1, `conv_head`."""
     names = {("stem_conv",): "conv_stem", ("stem_bn",): "bn1"}
     stages = _TIMM_STAGES[arch]
     where = [(s, b) for s, n in enumerate(stages) for b in range(n)]
     for i, parts in enumerate(_present(arch)):
-        expands = parts[0][0] == "expand_conv"
-        theirs = dict(expand_conv="conv_pw", expand_bn="bn1", depthwise_conv="conv_dw", depthwise_bn="bn2")
-        theirs |= dict(project_conv="conv_pwl", project_bn="bn3") if expands else {}
-        theirs |= {} if expands else dict(depthwise_bn="bn1", project_conv="conv_pw", project_bn="bn2")
+        theirs = _TIMM_FIRST_BLOCK if i == 0 else _TIMM_BLOCK
         for part in parts:
-            layer = f"se.conv_{part[1]}" if part[0] == "se" else theirs[part[0]]
-            names["blocks", i, *part] = "blocks.{}.{}.".format(*where[i]) + layer
+            names["blocks", i, *part] = "blocks.{}.{}.".format(*where[i]) + theirs[part[-1]]
     last = f"blocks.{len(stages)}.0"
     return names | {("last_conv",): f"{last}.conv", ("last_bn",): f"{last}.bn1"} | _TOP["timm"]
 
 
 def _keras_layers(arch: str) -> dict[StatePath, str]:
-    """The published (Keras 2) names; `_keras3_name` gives Keras 3's."""
+    """The published (Keras 2) names, "expanded_conv_{i}/{layer}"; `_keras3_name` gives Keras 3's."""
     names = {("stem_conv",): "Conv", ("stem_bn",): "Conv/BatchNorm"}
-    theirs = dict(expand_conv="expand", depthwise_conv="depthwise", project_conv="project")
     for i, parts in enumerate(_present(arch)):
         prefix = f"expanded_conv_{i}" if i else "expanded_conv"
-        for part in parts:
-            if part[0] == "se":
-                layer = {"reduce": "squeeze_excite/Conv", "expand": "squeeze_excite/Conv_1"}[part[1]]
-            elif part[0].endswith("_bn"):
-                layer = theirs[part[0].replace("_bn", "_conv")] + "/BatchNorm"
-            else:
-                layer = theirs[part[0]]
-            names["blocks", i, *part] = f"{prefix}/{layer}"
+        names |= {("blocks", i, *part): f"{prefix}/{_KERAS_BLOCK[part[-1]]}" for part in parts}
     return names | {("last_conv",): "Conv_1", ("last_bn",): "Conv_1/BatchNorm"} | _TOP["keras"]
 
 
