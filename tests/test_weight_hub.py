@@ -23,6 +23,7 @@ import pytest
 import tiny_config
 import trainer_runs as tr
 from etils import epath
+from flax import nnx
 
 from bcjax import config_checks, convert, http_download, published_weights, weight_hub
 from bcjax.models import ARCHITECTURES
@@ -107,11 +108,10 @@ def test_a_mirror_serves_the_urls_last_part_or_for_timm_the_hub_id(monkeypatch):
     )
 
 
-def test_each_entry_names_an_architecture_and_layout_bcjax_builds_or_will():
-    """Entries of families not merged yet are skipped; once merged, their arch and layout must exist."""
+def test_each_entry_names_an_architecture_and_layout_bcjax_builds():
     for entry in published_weights.PUBLISHED.values():
-        if entry.arch in ARCHITECTURES:
-            assert entry.layout in ARCHITECTURES[entry.arch].layouts, entry.spec
+        assert entry.arch in ARCHITECTURES, entry.spec
+        assert entry.layout in ARCHITECTURES[entry.arch].layouts, entry.spec
 
 
 # ----------------------------------------------------------------------------- a local server
@@ -383,6 +383,41 @@ def test_a_damaged_file_put_in_the_cache_by_hand_is_refused(hub, resnet18_file):
 def test_an_unknown_name_lists_the_sources_names(hub):
     with pytest.raises(weight_hub.WeightDownloadError, match="no published weights 'torchvision:resnet51'.*resnet18"):
         weight_hub.resolve("torchvision:resnet51")
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+def test_keras_mobilenet_v3_large_no_top_file_resolves_to_recipe_cs_backbone(served, tmp_path, monkeypatch):
+    """`keras:mobilenet_v3_large` (recipe C): a random-weight no-top file in the published layout, served
+    under its published name with its md5, converts to the keras layout without the pre-logits layer."""
+    keras = pytest.importorskip("keras", reason="Keras 3 writes the served file")
+    from test_convert_mobilenet_v3 import write_published_mobilenet_h5
+
+    from bcjax.models import create_model
+    from bcjax.pretrained import load_pretrained
+
+    spec = "keras:mobilenet_v3_large"
+    path = tmp_path / published_weights.PUBLISHED[spec].file_name
+    write_published_mobilenet_h5(keras, keras.applications.MobileNetV3Large(weights=None, include_top=False), path)
+    served.files[path.name] = path.read_bytes()
+    md5 = hashlib.md5(served.files[path.name]).hexdigest()
+    monkeypatch.setitem(
+        published_weights.PUBLISHED, spec, dataclasses.replace(published_weights.PUBLISHED[spec], hash_prefix=md5)
+    )
+    monkeypatch.setenv(weight_hub.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(weight_hub.MIRROR_ENV, served.url)
+    assert _problems(arch="mobilenet_v3_large", layout="keras", init_from=spec) == []
+    folder = weight_hub.resolve(spec, out=io.StringIO())
+    model = nnx.eval_shape(
+        lambda: create_model("mobilenet_v3_large", "keras", rngs=nnx.Rngs(0), backbone_kwargs={"pre_logits": False})
+    )
+    metadata = load_pretrained(model, folder)
+    assert (metadata["architecture"], metadata["layout"], metadata["imagenet_classes"]) == (
+        "mobilenet_v3_large",
+        "keras",
+        None,
+    )
+    assert metadata["backbone_kwargs"] == {"pre_logits": False} and metadata["preprocessing"]["mode"] == "tf"
+    assert model.backbone.num_features == 960
 
 
 # ----------------------------------------------------------------------------- config checks

@@ -6,8 +6,8 @@ Each family module exposes `KINDS` (per source, what file a user should pass, fo
 missing, unexpected or misshapen key). `bcjax.convert` reads the files and picks the family.
 """
 
-from bcjax.converters import resnet, vgg
+from bcjax.converters import mobilenet_v3, resnet, vgg
 
-CONVERTERS = {"resnet": resnet, "vgg": vgg}
+CONVERTERS = {"resnet": resnet, "vgg": vgg, "mobilenet_v3": mobilenet_v3}
 
 __all__ = ["CONVERTERS"]

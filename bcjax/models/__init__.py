@@ -2,6 +2,7 @@
 
 from bcjax.models.classifier import Classifier, create_model
 from bcjax.models.heads import HEADS, PRESETS, LinearHead, MLPHead
+from bcjax.models.mobilenet_v3 import MobileNetV3
 from bcjax.models.registry import ARCHITECTURES, FAMILIES, LAYOUTS, Family, build_backbone, family_of
 from bcjax.models.resnet import BN_EPSILON, ResidualBlock, ResNet
 from bcjax.models.vgg import VGG
@@ -17,6 +18,7 @@ __all__ = [
     "Family",
     "LinearHead",
     "MLPHead",
+    "MobileNetV3",
     "ResNet",
     "ResidualBlock",
     "VGG",

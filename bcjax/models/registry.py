@@ -21,7 +21,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from bcjax.models import resnet, vgg
+from bcjax.models import mobilenet_v3, resnet, vgg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,7 @@ FAMILIES: dict[str, Family] = {
     for family in (
         Family("resnet", tuple(resnet.ARCHITECTURES), resnet.LAYOUTS, resnet.ResNet),
         Family("vgg", tuple(vgg.ARCHITECTURES), vgg.LAYOUTS, vgg.VGG),
+        Family("mobilenet_v3", tuple(mobilenet_v3.ARCHITECTURES), mobilenet_v3.LAYOUTS, mobilenet_v3.MobileNetV3),
     )
 }
 ARCHITECTURES: dict[str, Family] = {arch: family for family in FAMILIES.values() for arch in family.archs}

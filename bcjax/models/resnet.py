@@ -105,16 +105,29 @@ class _Layers:
     param_dtype: jnp.dtype
     epsilon: float
     rngs: nnx.Rngs
+    momentum: float = BN_MOMENTUM
 
-    def conv(self, cin: int, cout: int, size: int, stride: int = 1, *, use_bias: bool = False) -> nnx.Conv:
+    def conv(
+        self,
+        cin: int,
+        cout: int,
+        size: int,
+        stride: int = 1,
+        *,
+        use_bias: bool = False,
+        groups: int = 1,
+        same: bool = False,
+    ) -> nnx.Conv:
+        """`same=True`: TensorFlow's "SAME" padding (asymmetric on stride 2, e.g. Keras MobileNetV3)."""
         pad = size // 2
         return nnx.Conv(
             cin,
             cout,
             (size, size),
             (stride, stride),
-            padding=((pad, pad), (pad, pad)),
+            padding="SAME" if same else ((pad, pad), (pad, pad)),
             use_bias=use_bias,
+            feature_group_count=groups,
             kernel_init=_CONV_INIT,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -128,7 +141,7 @@ class _Layers:
         # training) would depend on the summation order, i.e. on the device count.
         bn = nnx.BatchNorm(
             features,
-            momentum=BN_MOMENTUM,
+            momentum=self.momentum,
             epsilon=self.epsilon,
             use_fast_variance=False,
             dtype=self.dtype,
