@@ -1,6 +1,7 @@
 """Pure Flax NNX models: no data, training or I/O code is imported here."""
 
 from bcjax.models.classifier import Classifier, create_model
+from bcjax.models.ernet import ERNet
 from bcjax.models.heads import HEADS, LinearHead, MLPHead, recipe_a_head
 from bcjax.models.registry import ARCHITECTURES, FAMILIES, LAYOUTS, Family, build_backbone, family_of
 from bcjax.models.resnet import BN_EPSILON, ResidualBlock, ResNet
@@ -13,6 +14,7 @@ __all__ = [
     "HEADS",
     "LAYOUTS",
     "Classifier",
+    "ERNet",
     "Family",
     "LinearHead",
     "MLPHead",
