@@ -229,6 +229,10 @@ def _check_model(check: _Checker) -> None:
         _check_keyword_arguments(
             check, "model.backbone_kwargs", family.build, f"{arch}", exclude=_BACKBONE_ARGUMENTS_SET_ELSEWHERE
         )
+        kwargs = check.value("model.backbone_kwargs")
+        for name, choices in family.option_choices.items():
+            if isinstance(kwargs, _MAPPINGS) and name in kwargs:
+                check.rule(f"model.backbone_kwargs.{name}", _one_of(choices), f"must be one of {_names(choices)}")
     head = check.value("model.head")
     if check.rule("model.head", _one_of(HEADS), f"must be one of {_names(HEADS)}"):
         _check_keyword_arguments(

@@ -92,6 +92,14 @@ def test_config_check_takes_the_resnet_of_the_same_depth_by_name(monkeypatch):
     assert "or keep ernet50 with --config.model.init_from=torchvision:resnet50 or" in problems[0]
 
 
+def test_config_check_names_the_er_options_values():
+    config = recipe_d.get_config()
+    config.model.backbone_kwargs.newest_map = "normalised"
+    assert config_checks.config_problems(config, 8) == [
+        "config.model.backbone_kwargs.newest_map='normalised': must be one of 'identity', 'normalized'"
+    ]
+
+
 def test_er_parameters_are_trained():
     """At step 0 the older maps' weights w get gradients (their BN's do not: w = 0); after one Adam
     step every ER parameter gets one."""
@@ -116,13 +124,14 @@ def test_er_parameters_are_trained():
 
 
 @pytest.mark.parametrize(
-    "arch, options", [("ernet50", {}), ("ernet18", {"newest_map": "normalized", "er_input": "pre"})]
+    "arch, options", [("ernet50", {}), ("ernet34", {"newest_map": "normalized", "er_input": "pre"})]
 )
 def test_same_function_as_the_pytorch_ernet(torch, arch, options):
     """Random ER weights and BN statistics in torch; the ResNet part through the ResNet converter, the
     ER layers copied by name: eval-mode logits agree."""
     from benchmarking.torch_ernet import ERNet as TorchERNet
 
+    torch.manual_seed(0)
     reference = TorchERNet(arch, **options)
     gen = torch.Generator().manual_seed(1)
     for name, value in reference.enhanced.named_parameters():

@@ -19,7 +19,8 @@ What the paper leaves open is an option:
               "normalized": ER on f_l too (MODELS.md's i <= l reading, DSNet's).
   er_input    which form of an earlier block's output the ER layers read: "post" (default: after
               its ReLU, the map the next block reads) or "pre" (the sum before that ReLU). f_0 has
-              no activation, and the newest map is always the block input: the ResNet's shortcut.
+              no activation, and the newest map is always the block input: the ResNet's shortcut,
+              so this matters from a stage's third block on (not in ERNet-18).
   layout      "v1.5" (torchvision/timm) or "v1" (Keras), as the ResNet; the pre-activation v2
               has no block activation to put the sum under.
 

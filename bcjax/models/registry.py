@@ -41,6 +41,8 @@ class Family:
     init_archs: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # Top-level layers that those converted weights do not cover: they keep their own initialisation.
     own_layers: tuple[str, ...] = ()
+    # Options (`model.backbone_kwargs`) that take one of a few values, for the config check.
+    option_choices: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def default_layout(self) -> str:
@@ -60,7 +62,15 @@ FAMILIES: dict[str, Family] = {
     for family in (
         Family("resnet", tuple(resnet.ARCHITECTURES), resnet.LAYOUTS, resnet.ResNet),
         Family("vgg", tuple(vgg.ARCHITECTURES), vgg.LAYOUTS, vgg.VGG),
-        Family("ernet", tuple(ernet.ARCHITECTURES), ernet.LAYOUTS, ernet.ERNet, ernet.ARCHITECTURES, ernet.OWN_LAYERS),
+        Family(
+            "ernet",
+            tuple(ernet.ARCHITECTURES),
+            ernet.LAYOUTS,
+            ernet.ERNet,
+            init_archs=ernet.ARCHITECTURES,
+            own_layers=ernet.OWN_LAYERS,
+            option_choices={"newest_map": ernet.NEWEST_MAPS, "er_input": ernet.ER_INPUTS},
+        ),
     )
 }
 ARCHITECTURES: dict[str, Family] = {arch: family for family in FAMILIES.values() for arch in family.archs}
