@@ -37,11 +37,16 @@ def torch():
 
 
 @pytest.fixture(scope="module")
-def resnet18_dir(torch, tmp_path_factory):
-    """A random-weight torchvision resnet18 .pth (BN statistics calibrated), converted."""
-    directory = tmp_path_factory.mktemp("resnet18")
-    path, _ = torchvision_file(torch, directory, "resnet18", IMAGES)
-    return pretrained.save_converted(convert.convert_file(path, "torchvision"), directory / "converted")
+def resnet18_pth(torch, tmp_path_factory):
+    """A random-weight torchvision resnet18 .pth (BN statistics calibrated)."""
+    return torchvision_file(torch, tmp_path_factory.mktemp("resnet18"), "resnet18", IMAGES)[0]
+
+
+@pytest.fixture(scope="module")
+def resnet18_dir(resnet18_pth):
+    return pretrained.save_converted(
+        convert.convert_file(resnet18_pth, "torchvision"), resnet18_pth.parent / "converted"
+    )
 
 
 def _abstract(arch: str, **options):
@@ -76,6 +81,13 @@ def test_init_from_a_converted_resnet_computes_the_resnet_at_step_0(resnet18_dir
 def test_weights_of_another_depth_are_refused_naming_the_fit(resnet18_dir):
     with pytest.raises(pretrained.ConversionError, match=r"initialised from resnet50.*create_model\('ernet18', 'v1.5'"):
         pretrained.load_pretrained(abstract_model("ernet50"), resnet18_dir)
+
+
+def test_convert_arch_of_an_ernet_means_its_resnet(resnet18_pth):
+    """`python -m bcjax.convert --arch=ernet18` converts the ResNet-18 an ernet18 loads; another depth is refused."""
+    assert convert.convert_file(resnet18_pth, "torchvision", "ernet18").metadata["architecture"] == "resnet18"
+    with pytest.raises(pretrained.ConversionError, match="holds resnet18 weights .*, not resnet50"):
+        convert.convert_file(resnet18_pth, "torchvision", "ernet50")
 
 
 def test_config_check_takes_the_resnet_of_the_same_depth_by_name(monkeypatch):
