@@ -229,6 +229,10 @@ def _check_model(check: _Checker) -> None:
         _check_keyword_arguments(
             check, "model.backbone_kwargs", family.build, f"{arch}", exclude=_BACKBONE_ARGUMENTS_SET_ELSEWHERE
         )
+        kwargs = check.value("model.backbone_kwargs")
+        for name, choices in family.option_choices.items():
+            if isinstance(kwargs, _MAPPINGS) and name in kwargs:
+                check.rule(f"model.backbone_kwargs.{name}", _one_of(choices), f"must be one of {_names(choices)}")
     head = check.value("model.head")
     if check.rule("model.head", _one_of(HEADS), f"must be one of {_names(HEADS)}"):
         _check_keyword_arguments(
@@ -259,19 +263,29 @@ def _check_model(check: _Checker) -> None:
 
 
 def _check_published_weights(check: _Checker) -> None:
-    """SOURCE:NAME is a known name whose weights fit model.arch and model.layout (no network needed)."""
+    """SOURCE:NAME is a known name whose weights fit model.arch and model.layout (no network needed);
+    an architecture initialised from another's weights (ERNet: its ResNet) takes those."""
     try:
         entry = published_weights.lookup(check.value("model.init_from"))
     except ValueError as e:
         check.add("model.init_from", str(e))
         return
+    arch, layout = check.value("model.arch"), check.value("model.layout")
+    family = ARCHITECTURES.get(arch)
     if entry.arch not in ARCHITECTURES:
         check.add("model.init_from", f"converts to {entry.arch!r}, an architecture this bcjax does not build")
-    elif (check.value("model.arch"), check.value("model.layout")) != (entry.arch, entry.layout):
+    elif family is not None and (family.init_arch(arch), layout) != (entry.arch, entry.layout):
+        fitting = [
+            e.spec
+            for e in published_weights.PUBLISHED.values()
+            if (e.arch, e.layout) == (family.init_arch(arch), layout)
+        ]
+        other = f", or keep {arch} with --config.model.init_from={' or '.join(fitting)}" if fitting else ""
         check.add(
             "model.init_from",
-            f"converts to {entry.arch} in layout {entry.layout}: pass --config.model.arch={entry.arch} "
-            f"--config.model.layout={entry.layout}",
+            f"converts to {entry.arch} in layout {entry.layout}: pass "
+            f"--config.model.arch={family.arch_initialised_by(entry.arch) or entry.arch} "
+            f"--config.model.layout={entry.layout}{other}",
         )
 
 

@@ -62,6 +62,7 @@ def _identify(tensors: Mapping[str, np.ndarray], source: str, arch: str | None, 
     """(family, architecture) of the keys, checked against the one the user expects."""
     if arch is not None:
         try:
+            arch = family_of(arch).init_arch(arch)  # an ERNet is initialised from its ResNet's weights
             family = family_of(arch).name
         except ValueError as e:
             raise ConversionError(str(e)) from None

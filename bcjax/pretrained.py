@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bcjax.models import Classifier
+from bcjax.models import Classifier, family_of
 from bcjax.normalization import preprocessing_normalizer
 
 FORMAT = "bcjax.pretrained/1"
@@ -133,12 +133,14 @@ def read_converted(directory: str | os.PathLike, *, load_head: bool = False) -> 
 # Into a model.
 
 
-def _assign(module: nnx.Module, flat: Mapping[tuple, Any], what: str) -> None:
+def _assign(module: nnx.Module, flat: Mapping[tuple, Any], what: str, own_layers: Sequence[str] = ()) -> None:
     """Copies arrays into `module`'s variables after checking keys and shapes; a variable
-    already placed on devices keeps its sharding."""
+    already placed on devices keeps its sharding. `own_layers` (top-level) keep their values."""
     # Weights only: parameters and batch statistics, not the RNG state of a dropout layer (VGG fc layers).
     weights = nnx.state(module, nnx.Any(nnx.Param, nnx.BatchStat))
-    variables = {"/".join(map(str, path)): v for path, v in nnx.to_flat_state(weights)}
+    variables = {
+        "/".join(map(str, path)): v for path, v in nnx.to_flat_state(weights) if str(path[0]) not in own_layers
+    }
     flat = {"/".join(map(str, path)): value for path, value in flat.items()}
     check_fit(
         {k: tuple(v.shape) for k, v in variables.items()},
@@ -166,18 +168,21 @@ def apply_converted(model: Classifier, converted: Converted, *, load_head: bool 
     """Fills `model.backbone` (and with `load_head`, the ImageNet LinearHead `model.head`)."""
     meta = converted.metadata
     backbone = model.backbone
-    ours = (backbone.arch, backbone.layout, getattr(backbone, "bn_epsilon", None))
+    family = family_of(backbone.arch)  # an ERNet takes the weights of its ResNet and keeps its own layers
+    ours = (family.init_arch(backbone.arch), backbone.layout, getattr(backbone, "bn_epsilon", None))
     wanted = (meta["architecture"], meta["layout"], meta.get("bn_epsilon"))
     if ours != wanted:
+        model_is = f"{backbone.arch}, initialised from {ours[0]}," if ours[0] != backbone.arch else ours[0]
         raise ConversionError(
             f"the weights are {wanted[0]} layout {wanted[1]} (BN eps {wanted[2]}), "
-            f"the model is {ours[0]} layout {ours[1]} (BN eps {ours[2]}); "
-            f"build it with create_model({wanted[0]!r}, {wanted[1]!r}, ...)"
+            f"the model is {model_is} layout {ours[1]} (BN eps {ours[2]}); "
+            f"build it with create_model({family.arch_initialised_by(wanted[0]) or wanted[0]!r}, {wanted[1]!r}, ...)"
         )
     _assign(
         backbone,
         _present_or_required(backbone, converted.backbone, meta.get("optional_layers", ())),
         "the backbone weights",
+        family.own_layers,
     )
     if load_head:
         if converted.head is None:

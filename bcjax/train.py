@@ -197,9 +197,10 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and evaluates one run, or every fold when `config.data.all_folds`; returns the test report(s)."""
     check_config(config, jax.device_count())  # every bad field in one error, before any work
+    workdir = epath.Path(workdir).absolute()  # orbax saves only under absolute paths; `--workdir=runs/x` is relative
     if config.data.all_folds:
-        return _all_folds(config, epath.Path(workdir))
-    return _train_and_evaluate_one(config, epath.Path(workdir))
+        return _all_folds(config, workdir)
+    return _train_and_evaluate_one(config, workdir)
 
 
 def _all_folds(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:

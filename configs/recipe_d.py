@@ -16,6 +16,8 @@ tables disagree by +-2 points): ERNet-18 93.22, -34 93.34, -50 95.75, -101 95.92
 The paper does not say whether it started from ImageNet weights; ERNet's identity-like init makes
 step 0 compute the loaded ResNet's function (bcjax/models/ernet.py), so `init_from` names the
 ResNet of the same depth. `:patient` runs the 5 patient-disjoint folds of the default protocol.
+The readings of what the paper leaves open are `model.backbone_kwargs` (newest_map, er_input),
+e.g. `--config.model.backbone_kwargs.newest_map=normalized`.
 """
 
 import ml_collections
@@ -41,6 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         flip_horizontal=True, flip_vertical=True, rotation=20.0, zoom=0.2, translation=0.1, crop_scale=(0.8, 1.0)
     )
     config.model.arch, config.model.layout, config.model.head = f"ernet{options.depth}", "v1.5", "linear"
+    # What the paper leaves open (bcjax/models/ernet.py): the newest map unmodified, as Eq. 10 writes it;
+    # earlier blocks' outputs read after their ReLU.
+    config.model.backbone_kwargs = ml_collections.ConfigDict({"newest_map": "identity", "er_input": "post"})
     config.loss.name = "softmax_ce"
     opt = config.optimizer
     opt.name, opt.learning_rate, opt.eps = "adam", 1e-4, 1e-7  # TensorFlow's Adam

@@ -1,6 +1,7 @@
 """Pure Flax NNX models: no data, training or I/O code is imported here."""
 
 from bcjax.models.classifier import Classifier, create_model
+from bcjax.models.ernet import ERNet
 from bcjax.models.heads import HEADS, PRESETS, LinearHead, MLPHead
 from bcjax.models.mobilenet_v3 import MobileNetV3
 from bcjax.models.registry import ARCHITECTURES, FAMILIES, LAYOUTS, Family, build_backbone, family_of
@@ -15,6 +16,7 @@ __all__ = [
     "LAYOUTS",
     "PRESETS",
     "Classifier",
+    "ERNet",
     "Family",
     "LinearHead",
     "MLPHead",

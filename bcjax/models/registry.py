@@ -7,6 +7,10 @@ A backbone is an `nnx.Module` with the parts the rest of bcjax relies on, whatev
   __call__(x)    == pool(feature_map(x))
   num_features, arch, layout       ints/strings the converters and loaders check
 
+Converted weights of another architecture may initialise a family's backbones: ERNet starts from
+the ImageNet ResNet of its depth. The family says so (`init_archs`, `own_layers`), and the loader
+(`bcjax.pretrained`), the converter's `--arch` and the config check go by `Family.init_arch`.
+
 Parameter groups (freezing, per-group learning rates) are the `backbone` and `head` attributes
 of a `Classifier`, so they need nothing from a family. The trainer, the converters' loader,
 the summary and Grad-CAM go through this table and never name a family.
@@ -15,13 +19,13 @@ the summary and Grad-CAM go through this table and never name a family.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
 
-from bcjax.models import mobilenet_v3, resnet, vgg
+from bcjax.models import ernet, mobilenet_v3, resnet, vgg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +37,24 @@ class Family:
     archs: tuple[str, ...]
     layouts: tuple[str, ...]  # the first is the default
     build: Callable[..., nnx.Module]  # build(arch, layout, *, dtype, param_dtype, rngs, **options) -> backbone
+    # arch -> the architecture whose converted weights fill it, when not itself (ERNet: its ResNet).
+    init_archs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Top-level layers that those converted weights do not cover: they keep their own initialisation.
+    own_layers: tuple[str, ...] = ()
+    # Options (`model.backbone_kwargs`) that take one of a few values, for the config check.
+    option_choices: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def default_layout(self) -> str:
         return self.layouts[0]
+
+    def init_arch(self, arch: str) -> str:
+        """The architecture whose converted weights initialise `arch`."""
+        return self.init_archs.get(arch, arch)
+
+    def arch_initialised_by(self, init_arch: str) -> str | None:
+        """This family's architecture that converted `init_arch` weights initialise, if any."""
+        return next((arch for arch in self.archs if self.init_arch(arch) == init_arch), None)
 
 
 FAMILIES: dict[str, Family] = {
@@ -45,6 +63,15 @@ FAMILIES: dict[str, Family] = {
         Family("resnet", tuple(resnet.ARCHITECTURES), resnet.LAYOUTS, resnet.ResNet),
         Family("vgg", tuple(vgg.ARCHITECTURES), vgg.LAYOUTS, vgg.VGG),
         Family("mobilenet_v3", tuple(mobilenet_v3.ARCHITECTURES), mobilenet_v3.LAYOUTS, mobilenet_v3.MobileNetV3),
+        Family(
+            "ernet",
+            tuple(ernet.ARCHITECTURES),
+            ernet.LAYOUTS,
+            ernet.ERNet,
+            init_archs=ernet.ARCHITECTURES,
+            own_layers=ernet.OWN_LAYERS,
+            option_choices={"newest_map": ernet.NEWEST_MAPS, "er_input": ernet.ER_INPUTS},
+        ),
     )
 }
 ARCHITECTURES: dict[str, Family] = {arch: family for family in FAMILIES.values() for arch in family.archs}

@@ -195,7 +195,9 @@ class ResidualBlock(nnx.Module):
         self.shortcut_conv = layers.conv(cin, c, 1, stride, use_bias=self.preact) if project else None
         self.shortcut_bn = layers.bn(c) if project and not self.preact else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def branches(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(residual branch, shortcut) of the block input: the two terms the block sums
+        (ERNet adds its enhanced connections to the same two)."""
         if self.preact:
             y = nnx.relu(self.preact_bn(x))
             # Keras' MaxPooling2D(1, strides) on the raw input: a plain subsample.
@@ -210,7 +212,11 @@ class ResidualBlock(nnx.Module):
                 y = self.bns[k](y)
             if k < len(self.convs) - 1:
                 y = nnx.relu(y)
-        y = y + shortcut
+        return y, shortcut
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        residual, shortcut = self.branches(x)
+        y = residual + shortcut
         return y if self.preact else nnx.relu(y)
 
 
@@ -276,13 +282,18 @@ class ResNet(nnx.Module):
             x = nnx.relu(self.stem_bn(x))
         x = _max_pool_zero_padded(x)
         stages = {"stem": x}
-        for i, stage in enumerate(self.stages):
-            for block in stage:
-                x = block(x)
+        for i in range(len(self.stages)):
+            x = self.run_stage(i, x)
             stages[f"stage{i + 1}"] = x
         if self.post_bn is not None:
             x = nnx.relu(self.post_bn(x))
         return (x, stages) if return_stages else x
+
+    def run_stage(self, index: int, x: jax.Array) -> jax.Array:
+        """Stage `index` (0-based) on its input: its blocks one after another (ERNet adds its connections here)."""
+        for block in self.stages[index]:
+            x = block(x)
+        return x
 
     def pool(self, feature_map: jax.Array) -> jax.Array:
         """Global average pool: (B, H, W, C) -> (B, C)."""
