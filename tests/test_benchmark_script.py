@@ -131,7 +131,7 @@ def test_training_flops_are_three_forward_passes_as_xla_counts_them():
     assert train_gflop_per_image("vgg16", 224, 224) > 3 * 24.0  # VGG16's convs: 15.4 GMACs a forward pass
 
 
-@pytest.mark.parametrize("model", ["vgg16", "mobilenet_v3_large"])
+@pytest.mark.parametrize("model", ["vgg16", "mobilenet_v3_large", "ernet50"])
 def test_torch_builds_the_same_network_as_bcjax(model):
     """Backbone + pool + Linear(2) in torch has as many parameters as bcjax's model with a linear head."""
     from flax import nnx

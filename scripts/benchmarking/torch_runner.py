@@ -50,7 +50,7 @@ def build_model(name: str) -> torch.nn.Module:
     if builder == "ernet":
         from benchmarking import torch_ernet
 
-        return torch_ernet.ernet(int(name.removeprefix("ernet")), num_classes=NUM_CLASSES)
+        return torch_ernet.ERNet(name, num_classes=NUM_CLASSES)
     network = getattr(torchvision.models, builder)(num_classes=NUM_CLASSES)
     if MODELS[name].torch_is_resnet:
         return network
