@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = predictor.Predictor.from_workdir(args.workdir, args.checkpoint)
         explain_class = _class_id(args.explain_class, model.class_names)
-        model._check_tta(args.tta)
+        model.check_tta(args.tta)
         paths = prediction_files.output_paths(epath.Path(args.workdir), args.output, overwrite=args.overwrite)
     except (
         predictor.PredictorError,

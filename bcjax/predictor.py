@@ -134,7 +134,7 @@ class Predictor:
     ) -> Iterator[FileResult]:
         """One FileResult per path, in order; files are read and prepared by `threads` host threads,
         a batch ahead of the devices. A file that cannot be read is a result with its reason."""
-        self._check_tta(tta)
+        self.check_tta(tta)
         size = self._images_per_batch(tta)
         with ThreadPoolExecutor(max_workers=threads or min(32, (os.cpu_count() or 1) + 4)) as pool:
             for chunk in _read_ahead(pool, paths, size, lambda path: self._read(path, keep=explain)):
@@ -169,7 +169,8 @@ class Predictor:
 
     # ------------------------------------------------------------------ batches on the devices
 
-    def _check_tta(self, tta: str) -> None:
+    def check_tta(self, tta: str) -> None:
+        """A ValueError saying what to use when `tta` is unknown, or d4 on a non-square input."""
         if tta not in TTA:
             raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA)}")
         height, width = self.input_size
@@ -183,7 +184,7 @@ class Predictor:
         return max(1, self.config.eval_batch_size // TTA[tta])
 
     def _split(self, pixels: np.ndarray, tta: str) -> list[np.ndarray]:
-        self._check_tta(tta)
+        self.check_tta(tta)
         size = self._images_per_batch(tta)
         return [pixels[start : start + size] for start in range(0, len(pixels), size)]
 

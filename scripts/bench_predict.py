@@ -33,10 +33,11 @@ def _arguments(argv):
     parser.add_argument("--images", type=int, default=256, help="PNG files to predict")
     parser.add_argument("--size", type=int, default=224, help="the model's square input size")
     parser.add_argument("--workdir", help="where to write the files (default: a temporary folder)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 12 images at 64x64")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 12 files of 175x115 at 64x64")
     args = parser.parse_args(argv)
+    args.file_size = (700, 460)
     if args.quick:
-        args.images, args.size = 12, 64
+        args.images, args.size, args.file_size = 12, 64, (175, 115)
     return args
 
 
@@ -70,11 +71,14 @@ def make_workdir(root: Path, arch: str, size: int):
     return workdir, reference
 
 
-def synthetic_pngs(root: Path, count: int) -> list[str]:
+def synthetic_pngs(root: Path, count: int, size: tuple[int, int]) -> list[str]:
+    """`count` synthetic BreakHis PNGs of `size` (width, height), repeated when the tree holds fewer."""
     from bcjax.datasets import synthetic
 
     per_magnification = max(1, -(-count // 60))
-    synthetic.write_breakhis_tree(root / "images", patients=1, images_per_magnification=per_magnification, seed=1)
+    synthetic.write_breakhis_tree(
+        root / "images", patients=1, images_per_magnification=per_magnification, image_size=size, seed=1, progress=False
+    )
     files = sorted(str(p) for p in (root / "images").rglob("SOB_*.png"))
     return (files * (-(-count // len(files))))[:count]
 
@@ -132,11 +136,12 @@ def main(argv=None) -> int:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-predict-"))
     root.mkdir(parents=True, exist_ok=True)
     workdir, reference = make_workdir(root, args.arch, args.size)
-    files = synthetic_pngs(root, args.images)
+    files = synthetic_pngs(root, args.images, args.file_size)
     torch_images_per_second, torch_probabilities = torch_rate(reference, files, args.size, root)
     rates, probabilities = bcjax_rates(workdir, files, root)
     devices = f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
-    print(f"\n{args.arch} at {args.size}x{args.size}, {len(files)} PNG files (700x460) -> CSV; bcjax on {devices}")
+    width, height = args.file_size
+    print(f"\n{args.arch} at {args.size}x{args.size}, {len(files)} PNG files ({width}x{height}) -> CSV on {devices}")
     print(f"{'path':<22} {'images/s':>10} {'x PyTorch loop':>15}")
     print(f"{'PyTorch per-file loop':<22} {torch_images_per_second:>10.1f} {1.0:>15.2f}")
     for name, rate in rates.items():
