@@ -31,11 +31,13 @@ from etils import epath
 from PIL import Image
 
 from bcjax import normalization
-from bcjax.augment import AugmentConfig, RandomAugment, macenko_normalize, resize
+from bcjax.augment import AugmentConfig, RandomAugment
 from bcjax.datasets import splits
 from bcjax.datasets.breakhis import MAGNIFICATIONS, TARGET_CLASSES
 from bcjax.device_data import DeviceData
+from bcjax.image_files import to_rgb
 from bcjax.lead_process import is_lead, run_on_lead
+from bcjax.preprocessing import prepare_pixels
 
 STAIN_NORMALIZATIONS = ("none", "macenko")
 _METADATA_CHUNK = 256
@@ -176,13 +178,12 @@ def _metadata(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def decode_image(png: bytes, height: int, width: int, stain_normalization: str = "none") -> np.ndarray:
-    """PNG bytes -> uint8 RGB at the working resolution (stain-normalised if asked)."""
+    """PNG bytes -> uint8 RGB at the working resolution (stain-normalised if asked), as
+    prediction prepares an image file (`bcjax.preprocessing`)."""
     with Image.open(io.BytesIO(png)) as image:
         image.draft("RGB", (width, height))
-        pixels = resize(np.asarray(image.convert("RGB")), height, width)
-    if stain_normalization == "macenko":
-        pixels = macenko_normalize(pixels)
-    return pixels
+        rgb = to_rgb(image)
+    return prepare_pixels(rgb, height, width, stain_normalization)
 
 
 @dataclasses.dataclass(frozen=True)

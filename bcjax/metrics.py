@@ -218,8 +218,9 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
 # ----------------------------------------------------------------------------- patient level
 
 
-def _unique_mode(counts: np.ndarray) -> np.ndarray:
-    """Row-wise argmax of counts [P, C], -1 where the maximum is shared (a tied vote)."""
+def majority_vote(counts: np.ndarray) -> np.ndarray:
+    """Row-wise argmax of counts [P, C], -1 where the maximum is shared (a tied vote): a patient's
+    predicted class from its images' predictions, the patient-level rule of the reports."""
     top = counts.max(1, keepdims=True)
     return np.where((counts == top).sum(1) == 1, counts.argmax(1), -1)
 
@@ -244,7 +245,7 @@ def patient_metrics(predictions: np.ndarray, labels: np.ndarray, patient_ids: np
     num_classes = int(max(predictions.max(), labels.max())) + 1
     confusion = _confusion(labels, predictions, num_classes, index, len(patients))
     scores = _accuracy(confusion)
-    voted, truth = _unique_mode(confusion.sum(1)), _unique_mode(confusion.sum(2))
+    voted, truth = majority_vote(confusion.sum(1)), majority_vote(confusion.sum(2))
     return {
         "patients": len(patients),
         "patient_recognition_rate": float(scores.mean()),

@@ -163,3 +163,36 @@ def _macro_roc_curve(probabilities: np.ndarray, labels: np.ndarray, grid: np.nda
 def _auc_label(name: str, auc: float, n: int) -> str:
     """Legend entry: the curve's name, its AUC (n/a when undefined) and image count."""
     return f"{name} (AUC {'n/a' if math.isnan(auc) else f'{auc:.3f}'}, n={n})"
+
+
+# ----------------------------------------------------------------------------- explanations
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """uint8 RGB: `heatmap` ([0, 1], any size) in the jet colormap, resized to `image` and blended with
+    it at `weight` (pytorch-grad-cam's `show_cam_on_image`)."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    resized = np.asarray(Image.fromarray(np.asarray(heatmap, np.float32)).resize((width, height), Image.BILINEAR))
+    colours = colormaps["jet"](np.clip(resized, 0, 1))[..., :3]
+    blended = weight * colours + (1 - weight) * image.astype(np.float64) / 255
+    return np.clip(np.rint(blended * 255), 0, 255).astype(np.uint8)
+
+
+def plot_prediction_grid(
+    images: Sequence[np.ndarray], titles: Sequence[str], correct: Sequence[bool | None], path: str | os.PathLike
+) -> None:
+    """Recipe C's grid of predictions: one panel per image titled with its class, green when the true
+    class is known and right, red when wrong (the title then says `pred (Actual: ...)`), black when unknown."""
+    columns = min(7, max(1, len(images)))
+    rows = math.ceil(len(images) / columns)
+    figure = _figure(2.2 * columns, 2.4 * rows)
+    panels = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for axes, image, title, right in zip(panels, images, titles, correct):
+        axes.imshow(image)
+        axes.set_title(title, fontsize=8, color={True: "green", False: "red", None: "black"}[right])
+    for axes in panels:
+        axes.axis("off")
+    _save(figure, path)

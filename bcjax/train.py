@@ -29,10 +29,11 @@ from bcjax.device_data import DeviceData, fits_on_device
 from bcjax.lead_process import is_lead, run_on_lead, write_json
 from bcjax.metric_writer import MetricWriter
 from bcjax.normalization import normalization_for_preprocessing
+from bcjax.preprocessing import Preprocessing
 from bcjax.progress import Throughput, progress_line
 from bcjax.schedule import Schedule, make_schedule
 from bcjax.steps import State, Steps, all_finite
-from bcjax.workdir_guard import CHECKPOINTS_DIR, DATA_PATH_CHOICE_FILE, SPLIT_FILE, check_workdir
+from bcjax.workdir_guard import CHECKPOINTS_DIR, DATA_PATH_CHOICE_FILE, PREPROCESSING_FILE, SPLIT_FILE, check_workdir
 
 
 class TrainingError(RuntimeError):
@@ -168,6 +169,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple
         )
     data = load_data(input_config(config, workdir, pretrained))
     write_json(workdir / SPLIT_FILE, data.split.to_json_dict())
+    write_json(workdir / PREPROCESSING_FILE, Preprocessing.of_input(data.config, data.normalizer).to_json())
     schedule = make_schedule(config, len(data.split.train))
     on_devices = place_training_data(config, data, mesh, workdir)
     steps, state = build_steps(

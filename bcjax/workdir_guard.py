@@ -26,8 +26,18 @@ DATA_PATH_CHOICE_FILE = "data_path.json"
 CHECKPOINTS_DIR = "checkpoints"
 EVAL_DIR = "eval"  # eval/<split>/: report.json, predictions.csv, plots
 SPLIT_FILE = "split.json"
+# The resize, stain normalisation and normaliser of the run (bcjax.preprocessing), which prediction repeats.
+PREPROCESSING_FILE = "preprocessing.json"
 # What a run leaves in its workdir besides config.json; a restart deletes them.
-_RUN_OUTPUTS = (CHECKPOINTS_DIR, EVAL_DIR, METRICS_FILE, TENSORBOARD_DIR, SPLIT_FILE, DATA_PATH_CHOICE_FILE)
+_RUN_OUTPUTS = (
+    CHECKPOINTS_DIR,
+    EVAL_DIR,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    SPLIT_FILE,
+    DATA_PATH_CHOICE_FILE,
+    PREPROCESSING_FILE,
+)
 
 
 class WorkdirMismatchError(RuntimeError):

@@ -9,6 +9,7 @@ from .breakhis_common import (
     CLASS_LETTERS,
     CLASSES,
     FILE_RE,
+    IMAGE_NAME_RE,
     MAGNIFICATIONS,
     PUBLISHED_IMAGES,
     PUBLISHED_PATIENTS,
@@ -24,6 +25,7 @@ from .breakhis_common import (
     image_name,
     is_source_image,
     parse_filename,
+    parse_image_name,
     patient_folder,
 )
 from .breakhis_dataset_builder import BreakHisBuildError, Builder
@@ -33,6 +35,7 @@ __all__ = [
     "CLASS_LETTERS",
     "CLASSES",
     "FILE_RE",
+    "IMAGE_NAME_RE",
     "MAGNIFICATIONS",
     "PUBLISHED_IMAGES",
     "PUBLISHED_PATIENTS",
@@ -50,5 +53,6 @@ __all__ = [
     "image_name",
     "is_source_image",
     "parse_filename",
+    "parse_image_name",
     "patient_folder",
 ]

@@ -70,7 +70,10 @@ PUBLISHED_IMAGES: dict[str, tuple[int, int, int, int]] = {
 }
 PUBLISHED_PATIENTS = {"A": 4, "F": 10, "PT": 3, "TA": 7, "DC": 38, "LC": 5, "MC": 9, "PC": 6}
 
-FILE_RE = re.compile(r"^SOB_([BM])_([A-Z]+)-(\d+)-([0-9A-Za-z]+)-(\d+)-(\d+)\.png$")
+_NAME = r"SOB_([BM])_([A-Z]+)-(\d+)-([0-9A-Za-z]+)-(\d+)-(\d+)"
+FILE_RE = re.compile(rf"^{_NAME}\.png$")
+# The same name with any image suffix: a PNG of the archive converted to JPEG keeps what its name states.
+IMAGE_NAME_RE = re.compile(rf"^{_NAME}\.[A-Za-z0-9]+$")
 _SLIDE_DIGITS_RE = re.compile(r"^(\d+)")
 
 
@@ -104,7 +107,32 @@ def parse_filename(filename: str) -> tuple[dict[str, str] | None, str | None]:
     match = FILE_RE.match(parts[-1])
     if match is None:
         return None, "name does not match SOB_<B|M>_<TYPE>-<YY>-<SLIDE>-<MAG>-<SEQ>.png"
-    letter, code, year, slide, mag, _ = match.groups()
+    fields, error = _name_fields(*match.groups()[:5])
+    if error:
+        return None, error
+    expected = list(
+        image_folders(TUMOR_TYPES_BY_CODE[fields["tumor_code"]], fields["patient_id"], fields["magnification"])
+    )
+    found = parts[-6:-1]
+    if found != expected:
+        return None, f"folders {'/'.join(found)} contradict the name (expected {'/'.join(expected)})"
+    return fields, None
+
+
+def parse_image_name(name: str) -> dict[str, str] | None:
+    """What a BreakHis file name (any image suffix, any folder) states: tumour code, class name, patient,
+    accession and magnification; None when it is not one."""
+    match = IMAGE_NAME_RE.match(name.replace("\\", "/").split("/")[-1])
+    if match is None:
+        return None
+    fields, error = _name_fields(*match.groups()[:5])
+    if error:
+        return None
+    return {**fields, "class_name": TUMOR_TYPES_BY_CODE[fields["tumor_code"]].class_name}
+
+
+def _name_fields(letter: str, code: str, year: str, slide: str, mag: str) -> tuple[dict[str, str] | None, str | None]:
+    """The fields of a name's parts, or the error that makes them no BreakHis name."""
     if code not in TUMOR_TYPES_BY_CODE:
         return None, f"unknown tumour type code {code!r} (known: {', '.join(TUMOR_TYPES_BY_CODE)})"
     tumor = TUMOR_TYPES_BY_CODE[code]
@@ -113,9 +141,6 @@ def parse_filename(filename: str) -> tuple[dict[str, str] | None, str | None]:
         return None, f"class letter {letter} contradicts type {code} ({tumor.class_name})"
     if magnification not in MAGNIFICATIONS:
         return None, f"unknown magnification {mag}"
-    expected, found = list(image_folders(tumor, patient, magnification)), parts[-6:-1]
-    if found != expected:
-        return None, f"folders {'/'.join(found)} contradict the name (expected {'/'.join(expected)})"
     digits = _SLIDE_DIGITS_RE.match(slide)
     if digits is None:
         return None, f"slide id {slide!r} does not start with digits"
