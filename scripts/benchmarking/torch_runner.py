@@ -1,4 +1,4 @@
-"""The PyTorch worker: an eager torchvision ResNet step in channels_last, optionally under bfloat16 autocast."""
+"""The PyTorch worker: a torchvision ResNet step in channels_last, optionally under bf16 autocast and torch.compile."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from benchmarking.protocol import LEARNING_RATE, NUM_CLASSES, RunSpec, compile_e
 
 
 def run(spec: RunSpec) -> dict:
-    """An eager torchvision ResNet step in channels_last, optionally under bfloat16 autocast."""
+    """A torchvision ResNet step in channels_last, optionally under bfloat16 autocast and torch.compile."""
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -33,7 +33,7 @@ def run(spec: RunSpec) -> dict:
         "init_s": init_s,
         "peak_device_mb": peak,
         "device": "gpu" if device.type == "cuda" else "cpu",
-        "note": f"eager, {torch.get_num_threads()} threads",
+        "note": f"{'torch.compile' if spec.torch_compile else 'eager'}, {torch.get_num_threads()} threads",
     }
 
 
@@ -41,7 +41,8 @@ def _model_and_optimizer(spec: RunSpec, device: torch.device) -> tuple[torch.nn.
     """torchvision's ResNet (2 classes) in channels_last on `device`, and its Adam: the row's "init"."""
     model = getattr(torchvision.models, spec.arch)(num_classes=NUM_CLASSES)
     model = model.to(device, memory_format=torch.channels_last).train()
-    return model, torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    return (torch.compile(model) if spec.torch_compile else model), optimizer
 
 
 def _step(spec: RunSpec, device: torch.device, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
