@@ -492,6 +492,10 @@ def main() -> None:
     parser.add_argument("--out", default="gpu_check_out", help="Folder for gpu_check.json and gpu_check.md.")
     args = parser.parse_args()
     sizes, budget = (QUICK if args.quick else REAL), Budget(60 * args.budget)
+    # One persistent compilation cache for this process and its workers: a program that a later part
+    # builds again (the profile's step is the throughput row's) is loaded, not compiled twice.
+    cache = tempfile.TemporaryDirectory(prefix="bcjax-gpu-check-cache-")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache.name)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick, "parts": {}}
     for name, part, fraction in PARTS:
         print(f"== {name}", flush=True)
