@@ -74,10 +74,15 @@ class Budget:
     """Seconds left of the run's budget."""
 
     def __init__(self, seconds: float):
+        self.total = seconds
         self.deadline = time.monotonic() + seconds
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
+
+    def share(self, fraction: float) -> float:
+        """At most `fraction` of the whole budget, and no more than is left (at least 1 s)."""
+        return max(1.0, min(self.left(), fraction * self.total))
 
 
 # ----------------------------------------------------------------------------- 1. machine
@@ -191,9 +196,19 @@ def trainer_tests(sizes: Sizes, budget: Budget) -> dict:
 
     env = {**os.environ, "JAX_PLATFORMS": jax.default_backend(), "PYTHONPATH": _pythonpath()}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TRAINER_TESTS]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=max(budget.left(), 1))
-    summary = (done.stdout.strip().splitlines() or [""])[-1]
-    return {"command": " ".join(command[1:]), "exit": done.returncode, "summary": summary, "ok": done.returncode == 0}
+    timeout = budget.share(0.25)
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as stopped:
+        output = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else stopped.stdout or ""
+        return {"summary": f"stopped after {timeout:.0f} s (its share of the budget)", "output_tail": output[-3000:]}
+    return {
+        "command": " ".join(command[1:]),
+        "exit": done.returncode,
+        "summary": (done.stdout.strip().splitlines() or [""])[-1],
+        "output_tail": (done.stdout + done.stderr)[-3000:],
+        "ok": done.returncode == 0,
+    }
 
 
 def _pythonpath() -> str:

@@ -6,12 +6,13 @@ The H200 image (Python 3.12, no network) has JAX, flax, optax, orbax, torch, num
 not grain, tensorflow-datasets, array_record, ml_collections or tensorboardX. This fetches those,
 at the versions the tests run with, and every dependency of theirs that the image lacks (walked
 from each wheel's metadata, one version of each, none the image has), for CPython 3.12 on
-manylinux x86_64, into `--out` (ignored by git), and prints its size. There, install it with
+manylinux x86_64, into `--out` (ignored by git), and prints its size; `from_image.txt` there lists
+what they need from the image (the rehearsal installs it). There, install the wheels with
 
     python3 -m pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 
-TensorFlow is not among them (hundreds of MB): reading a TFDS dataset, grain and training never
-import it; only building a dataset does, so nothing builds one on the GPU machine.
+TensorFlow is not among them (hundreds of MB) and not needed: building a TFDS dataset (ArrayRecord),
+reading it, grain and training never import it (seen in scripts/rehearse_gpu_check.sh's venv).
 A dependency published only as a source archive is built here into a wheel (`pip wheel`), and must
 then be pure Python (`py3-none-any`).
 """
@@ -76,6 +77,8 @@ TARGET_ENVIRONMENT = {
     "platform_machine": "x86_64",
     "os_name": "posix",
 }
+# What the wheels need from the image, as pip requirements: scripts/rehearse_gpu_check.sh installs them.
+IMAGE_REQUIREMENTS = "from_image.txt"
 LIMIT_MB = 40  # the tree that travels to the GPU machine may hold 64 MiB in all
 
 
@@ -123,22 +126,25 @@ def requirements_of(wheel_path: str, extras: set[str]) -> list[Requirement]:
     return needed
 
 
-def build(out: str) -> list[tuple[str, str]]:
-    """Every wheel of the closure of ROOTS less the image's packages; returns (wheel, why) pairs."""
+def build(out: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every wheel of the closure of ROOTS less the image's packages: (wheel, why) pairs, and the
+    requirements on the image's packages that the wheels rely on."""
     image = {canonical(n) for n in IMAGE_PACKAGES}
     queue = [(Requirement(r), "bcjax") for r in ROOTS]
     seen: dict[str, str] = {}
-    fetched = []
+    fetched, from_image = [], []
     while queue:
         requirement, why = queue.pop(0)
         name = canonical(requirement.name)
+        if name in image:
+            from_image.append(f"{requirement.name}{requirement.specifier}  # for {why}")
         if name in image or name in seen:
             continue
         wheel = download(f"{requirement.name}{requirement.specifier}", out)
         seen[name] = wheel
         fetched.append((wheel, why))
         queue += [(r, requirement.name) for r in requirements_of(os.path.join(out, wheel), set(requirement.extras))]
-    return fetched
+    return fetched, sorted(set(from_image))
 
 
 def main() -> None:
@@ -147,7 +153,9 @@ def main() -> None:
     out = parser.parse_args().out
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    fetched = build(out)
+    fetched, from_image = build(out)
+    with open(os.path.join(out, IMAGE_REQUIREMENTS), "w") as f:
+        f.write("".join(f"{line}\n" for line in from_image))
     total = 0
     for wheel, why in fetched:
         size = os.path.getsize(os.path.join(out, wheel))

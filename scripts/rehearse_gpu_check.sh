@@ -5,7 +5,8 @@
 #   2. the wheelhouse (scripts/make_wheelhouse.py) installed offline beside it with --target,
 #   3. scripts/gpu_check.py --quick, every part running or skipped with its reason.
 #
-#   scripts/rehearse_gpu_check.sh [VENV_DIR] [OUT_DIR]     (defaults /tmp/bcjax-h200-venv, /tmp/bcjax-gpu-check)
+#   [BUDGET=minutes] scripts/rehearse_gpu_check.sh [VENV_DIR] [OUT_DIR]   (defaults 30, /tmp/bcjax-h200-venv,
+#                                                                        /tmp/bcjax-gpu-check)
 #
 # The venv is reused when it exists (its first build downloads torch's CUDA build from PyPI,
 # several GB: PyPI has no CPU build of torch 2.11 for Linux x86_64; it runs on the CPU all the same).
@@ -26,15 +27,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "== building $VENV with $PYTHON312"
   "$PYTHON312" -m venv "$VENV"
 fi
+[ -f .whl/from_image.txt ] || { echo "no .whl/: run scripts/make_wheelhouse.py first (it needs PyPI)"; exit 1; }
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "${IMAGE_PACKAGES[@]}"
+# The image's packages, and those of them that the wheels need (.whl/from_image.txt).
+"$VENV/bin/python" -m pip install -q "${IMAGE_PACKAGES[@]}" -r .whl/from_image.txt
 "$VENV/bin/python" -m pip list --format=freeze > "$VENV/image-like-packages.txt"
 
 echo "== the wheelhouse, offline"
-[ -d .whl ] || { echo "no .whl/: run scripts/make_wheelhouse.py first (it needs PyPI)"; exit 1; }
 SITE=$(mktemp -d /tmp/bcjax-wheelhouse-site.XXXX)
 "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl
 
 echo "== scripts/gpu_check.py --quick"
 rm -rf "$OUT"
-time PYTHONPATH="$SITE:$PWD" "$VENV/bin/python" scripts/gpu_check.py --quick --out "$OUT"
+# Two shared CPU cores compile far slower than the GPU machine: the rehearsal's budget is larger.
+time PYTHONPATH="$SITE:$PWD" "$VENV/bin/python" scripts/gpu_check.py --quick --budget "${BUDGET:-30}" --out "$OUT"

@@ -43,7 +43,6 @@ def synthetic_tree(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared_data_dir(synthetic_tree, tmp_path_factory):
     """`synthetic_tree` built as the TFDS dataset `breakhis/custom`; returns its data_dir."""
-    pytest.importorskip("tensorflow", reason="building a TFDS dataset needs TensorFlow (absent on the GPU image)")
     from bcjax import input_pipeline
 
     data_dir = tmp_path_factory.mktemp("tfds")
