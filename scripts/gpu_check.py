@@ -201,7 +201,11 @@ def trainer_tests(sizes: Sizes, budget: Budget) -> dict:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as stopped:
         output = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else stopped.stdout or ""
-        return {"summary": f"stopped after {timeout:.0f} s (its share of the budget)", "output_tail": output[-3000:]}
+        return {
+            "summary": f"stopped after {timeout:.0f} s (its share of the budget)",
+            "output_tail": output[-3000:],
+            "ok": False,
+        }
     return {
         "command": " ".join(command[1:]),
         "exit": done.returncode,
@@ -280,8 +284,8 @@ def synthetic_input_data(config, *, images: int):
     rng = np.random.default_rng(config.seed)
     pixels = rng.integers(0, 256, (images, config.data.height, config.data.width, 3), dtype=np.uint8)
     records = [
-        {"filename": f"{i}.png", "patient_id": f"p{i % 8}", "accession": f"14-{i % 8}", "label": i % 2,
-         "tumor_type": i % 8, "magnification": "40X"}
+        {"filename": f"{i}.png", "patient_id": f"p{i % 8}", "accession": f"14-{i % 8}", "label": i % 8 // 4,
+         "tumor_type": i % 8, "magnification": "40X"}  # tumour types 0-3 are benign, 4-7 malignant
         for i in range(images)
     ]  # fmt: skip
     table = splits.ImageTable.from_records(records)
@@ -429,7 +433,8 @@ def _category(kernel: str, instruction: str, lines: dict[str, str]) -> str:
 
 
 def _shares(events: list[tuple[str, str, float, float]], lines: dict[str, str]) -> dict:
-    """Each category's share of the traced span (ops overlapping in time counted once each), and idle."""
+    """Idle: the traced span's share with no op running; the busy rest split over the categories by their op time
+    (ops that overlap, on several streams or CPU threads, share the time they overlap). The shares sum to 1."""
     span = max(e[3] for e in events) - min(e[2] for e in events)
     totals: dict[str, float] = {}
     for kernel, instruction, start, end in events:
@@ -439,8 +444,9 @@ def _shares(events: list[tuple[str, str, float, float]], lines: dict[str, str]) 
     for _, _, start, end in sorted(events, key=lambda e: e[2]):
         busy += max(0.0, end - max(start, last_end))
         last_end = max(last_end, end)
-    shares = {k: v / span for k, v in sorted(totals.items())}
-    return {"span_ms": span / 1e6, "shares_of_span": shares, "idle": 1 - busy / span}
+    op_time = sum(totals.values())
+    shares = {k: busy / span * v / op_time for k, v in sorted(totals.items())}
+    return {"span_ms": span / 1e6, "shares": {**shares, "idle": 1 - busy / span}}
 
 
 # ----------------------------------------------------------------------------- the run
