@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -63,6 +64,11 @@ class AugmentConfig:
     zoom: float = 0.0  # sampling-grid scale in [1-z, 1+z], below 1 zooms in: Keras RandomZoom(zoom)
     translation: float = 0.0  # shift in +-translation of the height and of the width: Keras RandomTranslation
     fill_mode: str = "reflect"  # one of FILL_MODES: what rotation, zoom and translation bring in from outside
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> AugmentConfig:
+        """From `config.data.augment` (a ConfigDict or dict), whose ranges may be lists."""
+        return cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in fields.items()})
 
     @property
     def enabled(self) -> bool:

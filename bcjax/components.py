@@ -12,7 +12,7 @@ import ml_collections
 from flax import nnx
 
 from bcjax import losses, optimizers, published_weights
-from bcjax.datasets.breakhis import TARGET_CLASSES
+from bcjax.datasets.breakhis_vocabulary import TARGET_CLASSES
 from bcjax.device_data import DeviceData
 from bcjax.models import create_model
 from bcjax.normalization import Normalizer

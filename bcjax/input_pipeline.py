@@ -78,12 +78,11 @@ class InputConfig:
         """
         data = config.data
         values = {field.name: data[field.name] for field in dataclasses.fields(cls) if field.name in data}
-        augment = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in data.augment.items()}
         values.update(
             seed=config.seed,
             magnification=data.magnification or None,
             split_kwargs=data.split_kwargs.to_dict(),
-            augment=AugmentConfig(**augment),
+            augment=AugmentConfig.from_fields(data.augment),
         )
         return cls(**{**values, **resolved})
 

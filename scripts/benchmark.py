@@ -128,6 +128,10 @@ _KERAS_JIT = flags.DEFINE_enum(
 )
 _TIME_TO_RESULT = flags.DEFINE_bool("time_to_result", False, "Extrapolate the published recipes' training wall time.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "bcjax: time the transfer, the forward pass and the step apart.")
+_DEVICE_RESIDENT = flags.DEFINE_bool(
+    "device_resident", False, "bcjax: draw batches on the devices from images kept there (as the trainer's default)."
+)
+_TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "torch: run the model under torch.compile.")
 _TIMEOUT = flags.DEFINE_integer("timeout", 1800, "Seconds after which a worker is stopped and reported.")
 # Worker mode (the driver runs one subprocess per row).
 _FRAMEWORK = flags.DEFINE_enum("framework", None, list(FRAMEWORKS), "Worker mode: run this framework only.")
@@ -179,6 +183,8 @@ def make_specs(cache_dir: str, dtypes: list[str]) -> list[RunSpec]:
                         cache_dir=cache_dir if framework == "bcjax" else None,
                         keras_jit_compile=_KERAS_JIT.value,
                         breakdown=_BREAKDOWN.value and framework == "bcjax",
+                        device_resident=_DEVICE_RESIDENT.value and framework == "bcjax",
+                        torch_compile=_TORCH_COMPILE.value and framework == "torch",
                     )
                 )
     return specs
@@ -263,6 +269,8 @@ def worker_spec() -> RunSpec:
         cache_dir=_CACHE_DIR.value,
         keras_jit_compile=_KERAS_JIT.value,
         breakdown=_BREAKDOWN.value,
+        device_resident=_DEVICE_RESIDENT.value,
+        torch_compile=_TORCH_COMPILE.value,
     )
 
 

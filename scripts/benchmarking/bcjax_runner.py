@@ -11,8 +11,12 @@ from collections.abc import Callable
 
 import jax
 import ml_collections
+import numpy as np
 
 from bcjax import components, parallel, runtime
+from bcjax.augment import AugmentConfig
+from bcjax.datasets.breakhis_vocabulary import TARGET_CLASSES
+from bcjax.device_data import DeviceData
 from bcjax.normalization import make_normalizer
 from bcjax.steps import State, Steps, Task, forward
 from benchmarking import timing
@@ -63,15 +67,17 @@ def bcjax_config(spec: RunSpec) -> ml_collections.ConfigDict:
     config.data.target = "label"
     config.loss.name = "softmax_ce"
     config.optimizer.name, config.optimizer.learning_rate = "adam", LEARNING_RATE
+    config.batch_size, config.data.height, config.data.width = spec.batch, spec.height, spec.width
     return config
 
 
 def run(spec: RunSpec) -> dict:
-    """The trainer's jitted step on uint8 batches sent with `parallel.to_global` every step."""
+    """The trainer's jitted step on uint8 batches sent with `parallel.to_global` every step, or with
+    `spec.device_resident` drawn inside the step from images kept on the devices (`synthetic_device_data`)."""
     cache = runtime.enable_compilation_cache(spec.cache_dir, min_compile_time_secs=0) if spec.cache_dir else None
     events = CompileEvents(cache)
     config = bcjax_config(spec)
-    (mesh, compiled, state), init_s = timing.timed(lambda: _build(config, spec))
+    (mesh, compiled, state, on_devices), init_s = timing.timed(lambda: _build(config, spec))
     images, labels = host_batch(spec)
     local = parallel.local_batch_size(spec.batch, mesh)
     batch = {"image": images[:local], "label": labels[:local]}
@@ -79,7 +85,8 @@ def run(spec: RunSpec) -> dict:
     compile_events: dict = {}
 
     def step(state: State) -> State:
-        return compiled.train(state, parallel.to_global(batch, mesh))[0]
+        inputs = on_devices if on_devices is not None else parallel.to_global(batch, mesh)
+        return compiled.train(state, inputs)[0]
 
     state, figures = time_steps(
         step, state, jax.block_until_ready, spec, on_first=lambda: compile_events.update(events.summary())
@@ -90,7 +97,7 @@ def run(spec: RunSpec) -> dict:
         "init_s": init_s,
         "peak_device_mb": _jax_peak_mb(),
         "device": jax.default_backend(),
-        "note": f"{len(jax.devices())} device(s)",
+        "note": f"{len(jax.devices())} device(s), {'device-resident data' if on_devices else 'batch sent every step'}",
     }
     if spec.breakdown:
         loss = _forward_loss(compiled.task)
@@ -103,12 +110,38 @@ def _total_steps(spec: RunSpec) -> int:
     return max(spec.warmup + spec.steps, 1)
 
 
-def _build(config: ml_collections.ConfigDict, spec: RunSpec) -> tuple[jax.sharding.Mesh, Steps, State]:
-    """Model init, the compiled steps and the optimizer state on the devices: the row's "init"."""
+def _build(
+    config: ml_collections.ConfigDict, spec: RunSpec
+) -> tuple[jax.sharding.Mesh, Steps, State, DeviceData | None]:
+    """Model init, the compiled steps, the optimizer state and (device-resident) the images on the devices:
+    the row's "init"."""
     mesh = parallel.make_mesh()
     normalizer = make_normalizer("imagenet")
-    compiled, state = components.build_steps(config, mesh, normalizer=normalizer, total_steps=_total_steps(spec))
-    return mesh, compiled, jax.block_until_ready(state)
+    on_devices = synthetic_device_data(config, mesh, images=4 * spec.batch) if spec.device_resident else None
+    compiled, state = components.build_steps(
+        config, mesh, normalizer=normalizer, total_steps=_total_steps(spec), device_data=on_devices
+    )
+    return mesh, compiled, jax.block_until_ready(state), on_devices
+
+
+def synthetic_device_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, images: int) -> DeviceData:
+    """`images` random uint8 images at the config's size with random labels of its target, on `mesh`,
+    drawn in batches of `config.batch_size` and augmented as `config.data.augment` says."""
+    rng = np.random.default_rng(config.seed)
+    count = images + -images % mesh.devices.size
+    pixels = rng.integers(0, 256, (count, config.data.height, config.data.width, 3), dtype=np.uint8)
+    labels = rng.integers(0, len(TARGET_CLASSES[config.data.target]), count)
+    examples = {k: labels.astype(np.int32) for k in ("label", "tumor_type", "magnification")}
+    examples["index"] = np.arange(count, dtype=np.int32)
+    return DeviceData.put(
+        pixels,
+        examples,
+        np.arange(images, dtype=np.int32),
+        mesh=mesh,
+        global_batch=config.batch_size,
+        seed=config.seed,
+        augment=AugmentConfig.from_fields(config.data.augment),
+    )
 
 
 def _jax_peak_mb() -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bcjax.datasets.breakhis_vocabulary import PUBLISHED_IMAGES
 from bcjax.schedule import make_schedule
 from benchmarking.models import MODELS
 from benchmarking.protocol import NUM_CLASSES
@@ -63,8 +64,6 @@ def published_schedules() -> dict[str, tuple[str, int]]:
     training on (k - 1)/k of BreakHis' images less the validation fraction; folds group patients,
     so that image count is approximate.
     """
-    from bcjax.datasets.breakhis import PUBLISHED_IMAGES  # imported when asked: the package loads TFDS
-
     recipe_a = binary.get_config()
     a = make_schedule(recipe_a, train_images=0)  # steps_per_epoch is set: the image count is not used
     recipe_b = multiclass.get_config("patient")

@@ -37,6 +37,8 @@ class RunSpec:
     cache_dir: str | None = None
     keras_jit_compile: str = "auto"
     breakdown: bool = False
+    device_resident: bool = False  # bcjax: batches drawn on the devices from images kept there (device_data)
+    torch_compile: bool = False  # torch: the model under torch.compile
 
     def flags(self) -> list[str]:
         """The command-line flags of scripts/benchmark.py's worker mode for this spec."""
@@ -52,6 +54,8 @@ class RunSpec:
             f"--steps={self.steps}",
             f"--keras_jit_compile={self.keras_jit_compile}",
             f"--{'' if self.breakdown else 'no'}breakdown",
+            f"--{'' if self.device_resident else 'no'}device_resident",
+            f"--{'' if self.torch_compile else 'no'}torch_compile",
         ]
         return values + ([f"--compilation_cache_dir={self.cache_dir}"] if self.cache_dir else [])
 

@@ -1,4 +1,4 @@
-"""The PyTorch worker: an eager torchvision step in channels_last, optionally under bfloat16 autocast."""
+"""The PyTorch worker: a step of the benchmark model in channels_last, optionally under bf16 autocast and torch.compile."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from benchmarking.protocol import LEARNING_RATE, NUM_CLASSES, RunSpec, compile_e
 
 
 def run(spec: RunSpec) -> dict:
-    """An eager step of the benchmark model in channels_last, optionally under bfloat16 autocast."""
+    """A step of the benchmark model in channels_last, optionally under bfloat16 autocast and torch.compile."""
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -34,14 +34,15 @@ def run(spec: RunSpec) -> dict:
         "init_s": init_s,
         "peak_device_mb": peak,
         "device": "gpu" if device.type == "cuda" else "cpu",
-        "note": f"eager, {torch.get_num_threads()} threads",
+        "note": f"{'torch.compile' if spec.torch_compile else 'eager'}, {torch.get_num_threads()} threads",
     }
 
 
 def _model_and_optimizer(spec: RunSpec, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """The benchmark model (2 classes) in channels_last on `device`, and its Adam: the row's "init"."""
     model = build_model(spec.model).to(device, memory_format=torch.channels_last).train()
-    return model, torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    return (torch.compile(model) if spec.torch_compile else model), optimizer
 
 
 def build_model(name: str) -> torch.nn.Module:

@@ -1,8 +1,9 @@
 """The BreakHis vocabulary, written once: tumour types, classes, magnifications, counts, names.
 
 The builder, the splits, the synthetic trees and the reports must agree on every name and
-order here: the dataset's ClassLabel ids are positions in these tuples. Like the rest of this
-package it imports nothing from bcjax, so another project can use it alone.
+order here: the dataset's ClassLabel ids are positions in these tuples. It imports nothing (no
+TFDS: `bcjax.datasets.breakhis` re-exports it and registers the builder), so the model, step and
+benchmark code read it without the data stack, and another project can use it alone.
 """
 
 from __future__ import annotations
