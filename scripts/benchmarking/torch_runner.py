@@ -1,4 +1,4 @@
-"""The PyTorch worker: a step of the benchmark model in channels_last, under bf16 autocast and torch.compile if asked."""
+"""The PyTorch worker: a step of the benchmark model in channels_last, bf16 autocast and torch.compile if asked."""
 
 from __future__ import annotations
 
