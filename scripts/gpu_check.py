@@ -295,7 +295,7 @@ def synthetic_input_data(config, *, images: int):
     return input_pipeline.InputData(
         config=input_pipeline.InputConfig.from_config(config, normalization="imagenet"),
         table=table,
-        split=splits.Split("synthetic", rows, empty, empty),
+        split=splits.Split("synthetic", rows, empty, empty, {}, table),
         cache=input_pipeline.DecodedCache(rows=rows, images=pixels),
         train_rows=rows,
         normalizer=make_normalizer("imagenet"),
