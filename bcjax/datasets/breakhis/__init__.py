@@ -1,12 +1,12 @@
 """The BreakHis TFDS builder and its vocabulary; importing this package registers `breakhis` with TFDS.
 
-Standalone on purpose: it imports nothing else from bcjax but the vocabulary
-(`bcjax.datasets.breakhis_vocabulary`, which imports nothing), so another project can
-`import bcjax.datasets.breakhis` and then call `tfds.builder('breakhis')`. Code that needs the
-vocabulary without TFDS imports that module instead.
+Standalone on purpose: it imports nothing else from bcjax, so another project can copy it and
+`import bcjax.datasets.breakhis`, then call `tfds.builder('breakhis')`. Code that needs the
+vocabulary without TFDS reads `bcjax.datasets.breakhis_vocabulary` (breakhis_common.py without
+this `__init__`) instead.
 """
 
-from ..breakhis_vocabulary import (
+from .breakhis_common import (
     ARCHIVE_NAME,
     CLASS_LETTERS,
     CLASSES,

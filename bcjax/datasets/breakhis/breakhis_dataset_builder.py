@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from ..breakhis_vocabulary import (
+from .breakhis_common import (
     ARCHIVE_NAME,
     CLASSES,
     MAGNIFICATIONS,
