@@ -14,7 +14,7 @@ every step) at the same batch size and resolution:
 The first warm-up step carries the compilation; it is reported as "first step". images/s
 is batch x timed steps / their wall time (synchronised once, after the last timed step).
 TFLOP/s = images/s x the model's training GFLOP per image at that size (3 x the forward FLOPs XLA
-counts for bcjax's model: 24.0 for ResNet-50 at 224x224); MFU = TFLOP/s / the GPU's dense bfloat16
+counts for bcjax's model: 24.1 for ResNet-50 at 224x224); MFU = TFLOP/s / the GPU's dense bfloat16
 peak, for bfloat16 rows on H100, H200 or A100.
 
   bcjax  the trainer's own step (`bcjax.components.build_steps` on configs/default.py

@@ -123,12 +123,12 @@ def test_tflops_and_mfu():
 
 
 def test_training_flops_are_three_forward_passes_as_xla_counts_them():
-    """ResNet-50 at 224x224: XLA counts 8.0 forward GFLOPs (summary's figure), so 24.0 for a step;
+    """ResNet-50 at 224x224: XLA counts 8.03 forward GFLOPs (summary's figure), so 24.1 for a step;
     the count follows the pixels and the model."""
-    assert train_gflop_per_image("resnet50", 224, 224) == pytest.approx(24.0, abs=0.1)
+    assert train_gflop_per_image("resnet50", 224, 224) == pytest.approx(24.1, abs=0.1)
     recipe_a = train_gflop_per_image("resnet50", 96, 144)
-    assert recipe_a == pytest.approx(24.0 * 96 * 144 / 224**2, rel=0.1)
-    assert train_gflop_per_image("vgg16", 224, 224) > 3 * 24.0  # VGG16's convs: 15.4 GMACs a forward pass
+    assert recipe_a == pytest.approx(24.1 * 96 * 144 / 224**2, rel=0.1)
+    assert train_gflop_per_image("vgg16", 224, 224) > 3 * 24.1  # VGG16's convs: 14.9 GMACs a forward pass
 
 
 @pytest.mark.parametrize("model", ["vgg16", "mobilenet_v3_large", "ernet50"])

@@ -16,7 +16,7 @@ PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 def train_gflop_per_image(model: str, height: int, width: int) -> float:
     """3 x the forward FLOPs of one image of the benchmark model, as XLA counts them in bcjax's compiled
-    eval-mode forward pass (`bcjax.models.summary.forward_flops`; ResNet-50 at 224x224: 3 x 8.0 = 24.0,
+    eval-mode forward pass (`bcjax.models.summary.forward_flops`; ResNet-50 at 224x224: 3 x 8.03 = 24.1,
     beside the 24.5 usually quoted, which counts the products with padding zeros too)."""
     from flax import nnx  # the driver's imports: never a Keras or torch worker's
 
