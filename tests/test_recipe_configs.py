@@ -97,7 +97,13 @@ def test_readme_recipe_block_has_every_config():
 @pytest.mark.parametrize("spec", TRAINED)
 def test_recipe_trains_and_evaluates_on_synthetic_data(spec, prepared_data_dir, tmp_path):
     # A process per run, as a user's: in-process, every model's compiled programs would stay in memory.
-    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    # One device: VGG19's fc layers (123M parameters with Adam's moments) replicated on 8 would need 16 GB.
+    env = {
+        **os.environ,
+        "PYTHONPATH": REPO,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    }
     command = [sys.executable, __file__, spec, str(prepared_data_dir), str(tmp_path)]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
