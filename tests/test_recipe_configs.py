@@ -43,9 +43,9 @@ VARIANTS = [
     "recipe_d:patient",
 ]
 # One run per config file, together covering every family, head, loss, split protocol and input
-# treatment the recipes add (ResNet-50 v1.5 and v2 train in other tests and in the demo's ResNet-18).
+# treatment the recipes add (configs/binary.py and configs/multiclass.py as published train in
+# tests/test_train.py::test_recipe_configs_run_and_report_their_leakage; ResNet-50 v2 in other tests).
 TRAINED = [
-    "binary",  # Keras ResNet-50 v1, recipe A head, sigmoid MSE, RMSprop, recipe_a split
     "multiclass:arch=vgg19,task=label",  # VGG19 with the ImageNet fc layers, z-score, softmax, image_random
     "recipe_c:model=mobilenet_v3",  # frozen base, recipe C head, BCE, Adam, rotation + brightness
     "recipe_d:depth=18",  # ERNet, Macenko, zoom + translation + crops, image_kfold
