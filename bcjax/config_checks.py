@@ -136,6 +136,9 @@ def _check_data(check: _Checker) -> None:
     check.rule("data.stain_normalization", _one_of(stains), f"must be one of {_names(stains)}")
     check.rule("data.balance", _is_bool, _BOOL)
     check.rule("data.decode_threads", _is_int(1), "must be an integer >= 1")
+    check.rule("data.decode_workers", _is_int(0), "must be an integer >= 0 (0: one per host core)")
+    cache_dirs = "must be a folder, '' (beside the dataset) or 'none'"
+    check.rule("data.image_cache_dir", lambda v: isinstance(v, str), cache_dirs)
     check.rule(
         "data.device_resident",
         lambda v: any(type(v) is type(c) and v == c for c in DEVICE_RESIDENT),  # not 1 for True

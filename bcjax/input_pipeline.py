@@ -16,7 +16,7 @@ where each batch is drawn and augmented inside the jitted step.
 from __future__ import annotations
 
 import dataclasses
-import io
+import functools
 import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,18 +26,21 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+import PIL
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image
 
-from bcjax import normalization
-from bcjax.augment import AugmentConfig, RandomAugment
+from bcjax import decoding, image_cache, normalization
+from bcjax.augment import (
+    MACENKO_REFERENCE_MAX_CONCENTRATIONS,
+    MACENKO_REFERENCE_STAINS,
+    AugmentConfig,
+    RandomAugment,
+)
 from bcjax.datasets import splits
 from bcjax.datasets.breakhis import MAGNIFICATIONS, TARGET_CLASSES
 from bcjax.device_data import DeviceData
-from bcjax.image_files import to_rgb
-from bcjax.lead_process import is_lead, run_on_lead
-from bcjax.preprocessing import prepare_pixels
+from bcjax.lead_process import is_lead, run_on_every_process, run_on_lead
 
 STAIN_NORMALIZATIONS = ("none", "macenko")
 _METADATA_CHUNK = 256
@@ -67,7 +70,9 @@ class InputConfig:
     stain_normalization: str  # 'macenko' (recipe D), applied once before caching
     augment: AugmentConfig
     balance: bool  # oversample the target's classes to equal counts (recipe B)
-    decode_threads: int
+    decode_threads: int  # threads feeding the host path's batches
+    decode_workers: int  # threads decoding what the image cache lacks; 0: one per host core
+    image_cache_dir: str  # '' (beside the dataset), a folder, or 'none'
     seed: int
 
     @classmethod
@@ -110,7 +115,7 @@ def open_source(data_dir: str, dataset: str, manual_dir: str | None = None):
     """
     import bcjax.datasets.breakhis  # noqa: F401  (registers the builder with TFDS)
 
-    data_dir = str(epath.Path(data_dir).expanduser())
+    data_dir = _expand(data_dir)
 
     def build_if_missing() -> None:
         if tfds.builder(dataset, data_dir=data_dir).is_prepared():
@@ -133,9 +138,13 @@ def prepare(*, data_dir: str, dataset: str, manual_dir: str) -> None:
     """Builds `dataset` (e.g. 'breakhis/archive') from the archive or tree in `manual_dir`."""
     import bcjax.datasets.breakhis  # noqa: F401
 
-    builder = tfds.builder(dataset, data_dir=str(epath.Path(data_dir).expanduser()))
-    config = tfds.download.DownloadConfig(manual_dir=str(epath.Path(manual_dir).expanduser()))
+    builder = tfds.builder(dataset, data_dir=_expand(data_dir))
+    config = tfds.download.DownloadConfig(manual_dir=_expand(manual_dir))
     builder.download_and_prepare(download_config=config)
+
+
+def _expand(path: str | epath.Path) -> str:
+    return str(epath.Path(path).expanduser())
 
 
 def missing_dataset_message(data_dir: str, dataset: str) -> str:
@@ -173,16 +182,7 @@ def _metadata(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-# ----------------------------------------------------------------------------- decoded-image cache
-
-
-def decode_image(png: bytes, height: int, width: int, stain_normalization: str = "none") -> np.ndarray:
-    """PNG bytes -> uint8 RGB at the working resolution (stain-normalised if asked), as
-    prediction prepares an image file (`bcjax.preprocessing`)."""
-    with Image.open(io.BytesIO(png)) as image:
-        image.draft("RGB", (width, height))
-        rgb = to_rgb(image)
-    return prepare_pixels(rgb, height, width, stain_normalization)
+# ----------------------------------------------------------------------------- decoded images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +199,30 @@ class DecodedCache:
         return self.images[position]
 
 
+def image_cache_key(config: InputConfig, dataset_dir: str | epath.Path) -> dict[str, Any]:
+    """Everything that changes the decoded bytes of `config`'s images (bcjax.image_cache)."""
+    key = {
+        "dataset": f"{config.dataset}:{epath.Path(dataset_dir).name}",  # name/config:version
+        "dataset_dir": str(dataset_dir),
+        "dataset_fingerprint": image_cache.dataset_fingerprint(dataset_dir),
+        "height": config.height,
+        "width": config.width,
+        "resize": f"{decoding.RESIZE} {PIL.__version__}",
+        "stain_normalization": config.stain_normalization,
+    }
+    if config.stain_normalization == "macenko":
+        key["macenko_reference"] = [MACENKO_REFERENCE_STAINS.tolist(), MACENKO_REFERENCE_MAX_CONCENTRATIONS.tolist()]
+    return key
+
+
+def open_image_cache(config: InputConfig, dataset_dir: str | epath.Path) -> image_cache.ImageCache | None:
+    """The on-disk cache of `config`'s decoded images (`data.image_cache_dir`), or None for 'none'."""
+    if config.image_cache_dir == "none":
+        return None
+    root = config.image_cache_dir or epath.Path(config.data_dir) / image_cache.DEFAULT_FOLDER
+    return image_cache.ImageCache(_expand(root), image_cache_key(config, dataset_dir))
+
+
 def build_cache(
     source,
     rows: Sequence[int],
@@ -206,27 +230,41 @@ def build_cache(
     height: int,
     width: int,
     stain_normalization: str = "none",
-    threads: int = 2,
+    workers: int = 1,
+    store: image_cache.ImageCache | None = None,
     progress: bool = True,
 ) -> DecodedCache:
-    """Decodes `rows` of `source` once, with `threads` decoders, showing progress."""
+    """The images of `rows`: those `store` holds read from it, the others decoded (and added to it)."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
+    held = store.held() if store is not None else None
+    have = np.isin(rows, held.rows) if held is not None else np.zeros(len(rows), bool)
     images = np.empty((len(rows), height, width, 3), np.uint8)
-    decode = lambda row: decode_image(source[int(row)]["image"], height, width, stain_normalization)  # noqa: E731
-    dataset = grain.MapDataset.source(rows).map(decode)
-    options = grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=4 * max(1, threads))
-    iterator = iter(dataset.to_iter_dataset(options))
+    if have.any():
+        images[have] = held.take(rows[have])
+    missing = np.flatnonzero(~have)
+    if not len(missing):
+        return DecodedCache(rows=rows, images=images)
     bar = tfds.core.utils.tqdm(
-        total=len(rows),
-        desc=f"Decoding images at {height}x{width}",
+        total=len(missing),
+        desc=f"Decoding {len(missing)} images at {height}x{width} ({workers} threads; {int(have.sum())} cached)",
         unit=" images",
         disable=not progress,
         file=sys.stderr,
     )
+    decoded = decoding.decode_all(
+        lambda row: source[int(row)]["image"],
+        rows[missing],
+        height=height,
+        width=width,
+        stain_normalization=stain_normalization,
+        workers=workers,
+    )
     with bar:
-        for position, pixels in enumerate(iterator):
+        for position, pixels in zip(missing, decoded):
             images[position] = pixels
             bar.update(1)
+    if store is not None:
+        store.add(rows[missing], images if len(missing) == len(rows) else images[missing])
     return DecodedCache(rows=rows, images=images)
 
 
@@ -423,25 +461,36 @@ class InputData:
 
 
 def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1, progress: bool = True) -> InputData:
-    """Opens the dataset, splits it, and decodes the images this process needs, once."""
+    """Opens the dataset, splits it, and gets the images this process needs from the image cache.
+
+    Every process holds every training image (global batches draw from all of them) and its own
+    shard of the evaluation images. The images the cache lacks are decoded once: with several
+    processes, each decodes and caches a 1/process_count share of them first, so on a shared
+    cache folder no image is decoded twice; on unshared folders each process then decodes the
+    rest of what it needs itself.
+    """
     source = open_source(config.data_dir, config.dataset, config.manual_dir)
     table = read_table(source)
     split = splits.make_split(table, config.split, magnification=config.magnification, **config.split_kwargs)
     train = split.train
     if config.balance:
         train = balanced_rows(train, getattr(table, config.target), config.seed)
-    # Every process holds every training image (global batches draw from all of
-    # them) and its own shard of the evaluation images.
-    needed = [train] + [host_shard(getattr(split, s), process_index, process_count) for s in ("validation", "test")]
-    cache = build_cache(
+    store = open_image_cache(config, tfds.builder(config.dataset, data_dir=_expand(config.data_dir)).data_dir)
+    decode = functools.partial(
+        build_cache,
         source,
-        np.concatenate(needed),
         height=config.height,
         width=config.width,
         stain_normalization=config.stain_normalization,
-        threads=config.decode_threads,
+        workers=config.decode_workers or decoding.default_workers(),
+        store=store,
         progress=progress,
     )
+    if store is not None and process_count > 1:
+        share = lambda: decode(_share_to_decode(store, split, process_index, process_count))  # noqa: E731
+        run_on_every_process("decoding its share of the images", share)
+    needed = [train] + [host_shard(getattr(split, s), process_index, process_count) for s in ("validation", "test")]
+    cache = decode(np.concatenate(needed))
     normalizer = _normalizer(config, cache, np.unique(train))
     return InputData(
         config=config,
@@ -453,6 +502,16 @@ def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1,
         process_index=process_index,
         process_count=process_count,
     )
+
+
+def _share_to_decode(
+    store: image_cache.ImageCache, split: splits.Split, process_index: int, process_count: int
+) -> np.ndarray:
+    """This process's share of the rows some process needs and the cache lacks."""
+    everyone = np.unique(np.concatenate([split.train, split.validation, split.test]).astype(np.int64))
+    held = store.held()
+    missing = everyone if held is None else everyone[~np.isin(everyone, held.rows)]
+    return host_shard(missing, process_index, process_count)
 
 
 def _normalizer(config: InputConfig, cache: DecodedCache, train_rows: np.ndarray) -> normalization.Normalizer:

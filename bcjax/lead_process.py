@@ -55,7 +55,7 @@ def json_safe(value: Any) -> Any:
 
 
 class LeadProcessError(RuntimeError):
-    """Raised on every other process when work that the lead process does alone failed there."""
+    """Raised on the other processes when work of `run_on_lead` or `run_on_every_process` failed on one."""
 
 
 # A waiting process asks again this often; it waits as long as the lead's work takes.
@@ -92,6 +92,30 @@ def run_on_lead(what: str, work: Callable[[], None]) -> None:
         client.key_value_set(key, f"failed: {_describe(error)}")
         raise
     client.key_value_set(key, "done")
+
+
+def run_on_every_process(what: str, work: Callable[[], None]) -> None:
+    """Runs `work` on every process, then waits until every process has finished its own.
+
+    Like `run_on_lead`, a collective with no time limit (decoding a share of a dataset takes
+    minutes): if `work` fails on any process, every other process raises a `LeadProcessError`
+    that quotes it and says `what` it was doing.
+    """
+    if jax.process_count() == 1:
+        work()
+        return
+    client = _distributed_client()
+    key = f"bcjax/every_process_work/{next(_lead_calls)}"
+    try:
+        work()
+    except BaseException as error:
+        client.key_value_set(f"{key}/{jax.process_index()}", f"failed: {_describe(error)}")
+        raise
+    client.key_value_set(f"{key}/{jax.process_index()}", "done")
+    for process in range(jax.process_count()):
+        outcome = _wait_for_key(client, f"{key}/{process}")
+        if outcome != "done":
+            raise LeadProcessError(f"process {process} failed while {what}: {outcome.removeprefix('failed: ')}")
 
 
 @contextlib.contextmanager

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from etils import epath
 
-from bcjax.augment import MACENKO_REFERENCE_MAX_CONCENTRATIONS, MACENKO_REFERENCE_STAINS, macenko_normalize, resize
+from bcjax.augment import MACENKO_REFERENCE_MAX_CONCENTRATIONS, MACENKO_REFERENCE_STAINS
+from bcjax.decoding import RESIZE, prepare_pixels
 from bcjax.normalization import Normalizer
 from bcjax.workdir_guard import PREPROCESSING_FILE
 
@@ -42,7 +43,7 @@ class Preprocessing:
         record = {
             "height": self.height,
             "width": self.width,
-            "resize": "squash to height x width, antialiased bilinear (Pillow)",
+            "resize": RESIZE,
             "stain_normalization": self.stain_normalization,
             "normalizer": self.normalizer.to_json(),
         }
@@ -63,12 +64,6 @@ class Preprocessing:
         fields = record["normalizer"]
         normalizer = Normalizer(**{**fields, "mean": tuple(fields["mean"]), "std": tuple(fields["std"])})
         return cls(record["height"], record["width"], record["stain_normalization"], normalizer)
-
-
-def prepare_pixels(rgb: np.ndarray, height: int, width: int, stain_normalization: str) -> np.ndarray:
-    """The resize and stain normalisation of training (the input pipeline's cache) and of prediction."""
-    pixels = resize(rgb, height, width)
-    return macenko_normalize(pixels) if stain_normalization == "macenko" else pixels
 
 
 def read(workdir: str | epath.Path) -> Preprocessing:

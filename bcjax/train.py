@@ -311,6 +311,7 @@ def _loop(run: Run, state: State) -> State | None:
             if save or stopping:
                 run.checkpoints.save(step, state, run.train_iter, scalars if evaluate else None)
             if stopping:
+                run.checkpoints.wait()
                 _print(f"SIGTERM: saved step {step}; the same command resumes.")
                 return None
     finally:

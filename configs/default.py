@@ -45,7 +45,11 @@ def _data() -> ml_collections.ConfigDict:
     data.normalization = "auto"
     data.stain_normalization = "none"  # 'macenko' (recipe D): once per image, before caching
     data.balance = False  # oversample the target's classes to equal counts (recipe B)
-    data.decode_threads = 2  # threads decoding PNGs for the in-memory cache
+    data.decode_threads = 2  # threads feeding the host path's training batches
+    data.decode_workers = 0  # threads decoding the PNGs the image cache lacks; 0: one per host core
+    # where decoded images are kept between runs (bcjax.image_cache): '' beside the dataset
+    # (<data_dir>/bcjax_image_cache), a folder, or 'none' to decode in memory every run
+    data.image_cache_dir = ""
     # auto (on when the training images fit in device memory) | True | False: batches drawn and augmented on device
     data.device_resident = config_dict.FieldReference("auto", field_type=object)
     aug = data.augment = ml_collections.ConfigDict()  # training-time augmentation (bcjax.augment.AugmentConfig)

@@ -6,13 +6,16 @@ Writes a synthetic BreakHis tree at the real 700x460 size, builds it with the
 TFDS builder, then measures images/s for
   1. baseline: PIL opens each PNG file one by one, converts and resizes it
      (what the papers' Keras/PyTorch loaders do every epoch);
-  2. first pass: bcjax decodes every record once into the in-memory cache;
-  3. cached pass: training batches served from the cache (grain), plain and augmented;
+  2. first pass: bcjax decodes every record once, with 1 decoding process and with `--workers`
+     (in memory only, as with data.image_cache_dir='none');
+  3. the image cache: a first run that decodes and writes it, a second run that reads it;
+  4. cached pass: training batches served from memory (grain), plain and augmented;
 and prints the ratios to the baseline. `--json_out` saves the figures.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -24,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ is not installed
 
-from bcjax import input_pipeline  # noqa: E402
+from bcjax import decoding, input_pipeline  # noqa: E402
 from bcjax.augment import AugmentConfig  # noqa: E402
 from bcjax.datasets import synthetic  # noqa: E402
 from benchmarking.record import write_json  # noqa: E402
@@ -36,7 +39,7 @@ _PER_MAG = flags.DEFINE_integer("images_per_magnification", 12, "Images per pati
 _HEIGHT = flags.DEFINE_integer("height", 96, "Working height (recipe A: 96).")
 _WIDTH = flags.DEFINE_integer("width", 144, "Working width (recipe A: 144).")
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size of the cached pass.")
-_THREADS = flags.DEFINE_integer("threads", os.cpu_count() or 1, "Decoder threads of the first pass.")
+_WORKERS = flags.DEFINE_integer("workers", decoding.default_workers(), "Decoding threads of the first pass.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write the tree and dataset (default: a temp dir).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the figures as JSON.")
 
@@ -81,33 +84,39 @@ def prepare_dataset(root: str) -> tuple[str, list[str]]:
     return data_dir, [os.path.join(manual, f) for f in input_pipeline.read_table(source).filename]
 
 
-def measure_rates(data_dir: str, files: list[str], height: int, width: int) -> dict[str, float]:
-    """Images/s of the PIL baseline, bcjax's first (decoding) pass and its cached passes."""
+def measure_rates(data_dir: str, files: list[str], height: int, width: int, cache_dir: str) -> dict[str, float]:
+    """Images/s of the PIL baseline, bcjax's first (decoding) pass, the image cache and the cached passes."""
     n = len(files)
     _, t_baseline = timed(lambda: baseline_pil(files, height, width))
-    config = input_pipeline.InputConfig.from_config(
-        default.get_config(),
-        normalization="imagenet",
-        split_kwargs={},
-        data_dir=data_dir,
-        dataset="breakhis/custom",
-        split="recipe_a",
-        height=height,
-        width=width,
-        decode_threads=_THREADS.value,
-    )
-    data, t_first = timed(lambda: input_pipeline.load(config, progress=False))
+    rates = {"baseline_pil_per_file": n / t_baseline}
+
+    def load(**fields) -> input_pipeline.InputData:
+        config = input_pipeline.InputConfig.from_config(
+            default.get_config(),
+            normalization="imagenet",
+            split_kwargs={},
+            data_dir=data_dir,
+            dataset="breakhis/custom",
+            split="recipe_a",
+            height=height,
+            width=width,
+            **fields,
+        )
+        return input_pipeline.load(config, progress=False)
+
+    for workers in sorted({1, _WORKERS.value}):
+        _, seconds = timed(functools.partial(load, decode_workers=workers, image_cache_dir="none"))
+        rates[f"first_pass_{workers}_workers"] = n / seconds
+    _, seconds = timed(lambda: load(decode_workers=_WORKERS.value, image_cache_dir=cache_dir))
+    rates["image_cache_first_run_writes"] = n / seconds
+    data, seconds = timed(lambda: load(decode_workers=_WORKERS.value, image_cache_dir=cache_dir))
+    rates["image_cache_second_run_reads"] = n / seconds
     cached_images = max(n, 20 * _BATCH.value)
     _, t_cached = timed(lambda: cached_pass(data, cached_images, _BATCH.value, AugmentConfig()))
     flips = AugmentConfig(flip_horizontal=True, flip_vertical=True, rotate90=True)
     _, t_augmented = timed(lambda: cached_pass(data, cached_images, _BATCH.value, flips))
     served = (cached_images // _BATCH.value) * _BATCH.value
-    return {
-        "baseline_pil_per_file": n / t_baseline,
-        "first_pass_decode_to_cache": n / t_first,
-        "cached_pass": served / t_cached,
-        "cached_pass_flips_rotations": served / t_augmented,
-    }
+    return {**rates, "cached_pass": served / t_cached, "cached_pass_flips_rotations": served / t_augmented}
 
 
 def main(argv: list[str]) -> None:
@@ -115,10 +124,10 @@ def main(argv: list[str]) -> None:
     root = _WORKDIR.value or tempfile.mkdtemp(prefix="bcjax-bench-input-")
     data_dir, files = prepare_dataset(root)
     height, width, n = _HEIGHT.value, _WIDTH.value, len(files)
-    rates = measure_rates(data_dir, files, height, width)
+    rates = measure_rates(data_dir, files, height, width, tempfile.mkdtemp(prefix="image_cache-", dir=root))
     print(
         f"\nInput pipeline, {n} BreakHis-sized PNGs (700x460) -> {height}x{width}, "
-        f"{os.cpu_count()} CPU cores, {_THREADS.value} decoder threads"
+        f"{os.cpu_count()} CPU cores, {_WORKERS.value} decoding threads"
     )
     print(f"{'path':<32}{'images/s':>12}{'x baseline':>12}")
     for name, rate in rates.items():
@@ -129,7 +138,7 @@ def main(argv: list[str]) -> None:
         "width": width,
         "batch": _BATCH.value,
         "cpu_count": os.cpu_count(),
-        "threads": _THREADS.value,
+        "workers": _WORKERS.value,
         "machine": platform.platform(),
         "images_per_second": rates,
     }

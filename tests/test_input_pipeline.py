@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tiny_config
 
-from bcjax import input_pipeline
+from bcjax import decoding, input_pipeline
 from bcjax.augment import AugmentConfig
 
 
@@ -40,7 +40,7 @@ def test_load_splits_and_caches_every_needed_image(data):
 def test_cache_holds_the_decoded_resized_image(data, prepared_data_dir):
     source = input_pipeline.open_source(str(prepared_data_dir), "breakhis/custom")
     row = int(data.split.test[0])
-    expected = input_pipeline.decode_image(source[row]["image"], 32, 48)
+    expected = decoding.decode_image(source[row]["image"], 32, 48)
     np.testing.assert_array_equal(data.cache.image(row), expected)
 
 
