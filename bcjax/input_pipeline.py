@@ -41,6 +41,7 @@ from bcjax.datasets import splits
 from bcjax.datasets.breakhis import MAGNIFICATIONS, TARGET_CLASSES
 from bcjax.device_data import DeviceData
 from bcjax.lead_process import is_lead, run_on_every_process, run_on_lead
+from bcjax.phases import PhaseClock
 
 STAIN_NORMALIZATIONS = ("none", "macenko")
 _METADATA_CHUNK = 256
@@ -460,17 +461,26 @@ class InputData:
         )
 
 
-def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1, progress: bool = True) -> InputData:
+def load(
+    config: InputConfig,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    progress: bool = True,
+    clock: PhaseClock | None = None,
+) -> InputData:
     """Opens the dataset, splits it, and gets the images this process needs from the image cache.
 
     Every process holds every training image (global batches draw from all of them) and its own
     shard of the evaluation images. The images the cache lacks are decoded once: with several
     processes, each decodes and caches a 1/process_count share of them first, so on a shared
     cache folder no image is decoded twice; on unshared folders each process then decodes the
-    rest of what it needs itself.
+    rest of what it needs itself. `clock` gets the seconds of the 'dataset' and 'images' phases.
     """
-    source = open_source(config.data_dir, config.dataset, config.manual_dir)
-    table = read_table(source)
+    clock = clock or PhaseClock()
+    with clock.phase("dataset"):
+        source = open_source(config.data_dir, config.dataset, config.manual_dir)
+        table = read_table(source)
     split = splits.make_split(table, config.split, magnification=config.magnification, **config.split_kwargs)
     train = split.train
     if config.balance:
@@ -486,11 +496,12 @@ def load(config: InputConfig, *, process_index: int = 0, process_count: int = 1,
         store=store,
         progress=progress,
     )
-    if store is not None and process_count > 1:
-        share = lambda: decode(_share_to_decode(store, split, process_index, process_count))  # noqa: E731
-        run_on_every_process("decoding its share of the images", share)
     needed = [train] + [host_shard(getattr(split, s), process_index, process_count) for s in ("validation", "test")]
-    cache = decode(np.concatenate(needed))
+    with clock.phase("images"):
+        if store is not None and process_count > 1:
+            share = lambda: decode(_share_to_decode(store, split, process_index, process_count))  # noqa: E731
+            run_on_every_process("decoding its share of the images", share)
+        cache = decode(np.concatenate(needed))
     normalizer = _normalizer(config, cache, np.unique(train))
     return InputData(
         config=config,

@@ -29,6 +29,7 @@ from bcjax.device_data import DeviceData, fits_on_device
 from bcjax.lead_process import is_lead, run_on_lead, write_json
 from bcjax.metric_writer import MetricWriter
 from bcjax.normalization import normalization_for_preprocessing
+from bcjax.phases import TIMINGS_FILE, PhaseClock, format_timings
 from bcjax.preprocessing import Preprocessing
 from bcjax.progress import Throughput, progress_line
 from bcjax.schedule import Schedule, make_schedule
@@ -82,10 +83,10 @@ def _synthetic_source(spec: ml_collections.ConfigDict, workdir: epath.Path) -> d
     return {"manual_dir": str(manual), "data_dir": str(root / "tfds"), "dataset": "breakhis/custom"}
 
 
-def load_data(config: input_pipeline.InputConfig) -> input_pipeline.InputData:
+def load_data(config: input_pipeline.InputConfig, clock: PhaseClock | None = None) -> input_pipeline.InputData:
     """This process's share of the data; z-score statistics averaged over processes."""
     data = input_pipeline.load(
-        config, process_index=jax.process_index(), process_count=jax.process_count(), progress=is_lead()
+        config, process_index=jax.process_index(), process_count=jax.process_count(), progress=is_lead(), clock=clock
     )
     if config.normalization == "zscore" and jax.process_count() > 1:
         stats = np.asarray([data.normalizer.mean, data.normalizer.std], np.float32)
@@ -150,6 +151,7 @@ class Run:
     checkpoints: checkpoint.Checkpoints
     writer: MetricWriter
     validators: list  # evaluators run at every evaluation interval
+    clock: PhaseClock  # seconds per phase, written to timings.json
 
     def next_inputs(self) -> Any:
         """The next training batch as global arrays, or the device-resident data the step draws from."""
@@ -160,14 +162,17 @@ class Run:
 
 def prepare_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[Run, State]:
     """Builds the model, data, steps, checkpoints and writer of a run; the state is not restored yet."""
+    clock = PhaseClock()
     mesh = parallel.make_mesh()
-    model, pretrained = build_model(config)
+    with clock.phase("model"):
+        model, pretrained = build_model(config)
     if pretrained is None:
         _print(
             "Note: model.init_from is not set, so the backbone starts from random weights; the published "
             "recipes fine-tune ImageNet weights (README: 'Models and pretrained ImageNet weights')."
         )
-    data = load_data(input_config(config, workdir, pretrained))
+    data = load_data(input_config(config, workdir, pretrained), clock)
+    setup = time.perf_counter()
     write_json(workdir / SPLIT_FILE, data.split.to_json_dict())
     write_json(workdir / PREPROCESSING_FILE, Preprocessing.of_input(data.config, data.normalizer).to_json())
     schedule = make_schedule(config, len(data.split.train))
@@ -192,7 +197,9 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple
         checkpoints=checkpoints,
         writer=MetricWriter(workdir),
         validators=evaluation.validation_evaluators(config, data, steps, mesh),
+        clock=clock,
     )
+    clock.add("setup", time.perf_counter() - setup)
     return run, state
 
 
@@ -202,36 +209,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = epath.Path(workdir).absolute()  # orbax saves only under absolute paths; `--workdir=runs/x` is relative
     if config.data.all_folds:
         return _all_folds(config, workdir)
-    return _train_and_evaluate_one(config, workdir)
+    return _train_and_evaluate_one(config, workdir)[0]
 
 
 def _all_folds(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     """Spanhol's protocol: every fold of `patient_kfold` (or `image_kfold`) in `fold_<i>/`, then mean +- std."""
-    reports_by_fold = []
+    start = time.perf_counter()
+    reports_by_fold, timings_by_fold = [], []
     for fold in range(config.data.split_kwargs.k):
         fold_config = config.copy_and_resolve_references()
         with fold_config.unlocked():
             fold_config.data.all_folds = False
             fold_config.data.split_kwargs.fold = fold
-        reports_by_fold.append(_train_and_evaluate_one(fold_config, workdir / f"fold_{fold}")["test"])
+        results, timings = _train_and_evaluate_one(fold_config, workdir / f"fold_{fold}")
+        if not results:  # stopped by SIGTERM: the same command resumes this fold
+            return {}
+        reports_by_fold.append(results["test"])
+        timings_by_fold.append(timings)
     summary = metrics.summarize_folds(reports_by_fold)
     write_json(workdir / "folds_summary.json", summary)
     _print(report_text.format_folds(summary))
+    timings = {name: sum(t.get(name, 0.0) for t in timings_by_fold) for name in timings_by_fold[0]}
+    timings["total"] = time.perf_counter() - start
+    write_json(workdir / TIMINGS_FILE, {**timings, "folds": timings_by_fold})
+    _print(f"All folds: {format_timings(timings)} ({TIMINGS_FILE})")
     return {"folds": reports_by_fold, "summary": summary}
 
 
-def _train_and_evaluate_one(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
+def _train_and_evaluate_one(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[dict, dict]:
+    """The test report(s) of one run (empty when stopped by SIGTERM) and its seconds per phase."""
     resuming = check_workdir(workdir, config)
     run, state = prepare_run(config, workdir)
-    state = _resume(run, state, resuming)
+    with run.clock.phase("checkpoints"):
+        state = _resume(run, state, resuming)
     try:
         final = _loop(run, state)
     finally:
         run.writer.close()
     if final is None:  # stopped by SIGTERM, after saving
         run.checkpoints.close()
-        return {}
-    return _final_evaluation(run, _state_to_evaluate(run, final))
+        return {}, run.clock.to_json()
+    with run.clock.phase("checkpoints"):
+        state = _state_to_evaluate(run, final)
+    results = _final_evaluation(run, state)
+    timings = run.clock.to_json()
+    write_json(workdir / TIMINGS_FILE, timings)
+    _print(format_timings(timings) + f" ({TIMINGS_FILE})")
+    return results, timings
 
 
 def _resume(run: Run, state: State, resuming: bool) -> State:
@@ -291,6 +315,8 @@ def _loop(run: Run, state: State) -> State | None:
     pending: list[tuple[int, dict]] = []
     throughput = Throughput(step, run.config.batch_size, schedule.total_steps)
     stop = _StopSignal()
+    clock, loop_start, before = run.clock, time.perf_counter(), dict(run.clock.seconds)
+    first = step
     try:
         while step < schedule.total_steps:
             fetch_start = time.perf_counter()
@@ -298,6 +324,9 @@ def _loop(run: Run, state: State) -> State | None:
             throughput.input_seconds += time.perf_counter() - fetch_start
             frozen = optimizers.frozen_at(run.config.optimizer, step)
             state, step_metrics = (run.steps.train_frozen if frozen else run.steps.train)(state, inputs)
+            if step == first:
+                jax.block_until_ready(step_metrics)  # its compilation, timed apart from the steps
+                clock.add("first_step", time.perf_counter() - loop_start)
             step += 1
             pending.append((step, step_metrics))
             evaluate = bool(run.validators) and schedule.due(step, schedule.eval_every)
@@ -309,13 +338,16 @@ def _loop(run: Run, state: State) -> State | None:
             scalars = _log(run, state, step, pending, throughput, evaluate, saving=save or stopping)
             pending = []
             if save or stopping:
-                run.checkpoints.save(step, state, run.train_iter, scalars if evaluate else None)
+                with clock.phase("checkpoints"):
+                    run.checkpoints.save(step, state, run.train_iter, scalars if evaluate else None)
             if stopping:
                 run.checkpoints.wait()
                 _print(f"SIGTERM: saved step {step}; the same command resumes.")
                 return None
     finally:
         stop.restore()
+        elsewhere = sum(clock.seconds[k] - before[k] for k in clock.seconds)
+        clock.add("training_steps", time.perf_counter() - loop_start - elsewhere)
     return state
 
 
@@ -344,8 +376,9 @@ def _log(
     learning_rate = optimizers.learning_rate_at(run.config.optimizer, run.schedule.total_steps, step)
     scalars.update({"train/learning_rate": learning_rate, **timing, "epoch": step / run.schedule.steps_per_epoch})
     if evaluate:
-        for evaluator in run.validators:
-            scalars.update(evaluator.run(state))
+        with run.clock.phase("validation"):
+            for evaluator in run.validators:
+                scalars.update(evaluator.run(state))
     run.writer.write(step, scalars)
     _print(progress_line(step, run.schedule, scalars, eta))
     return scalars
@@ -376,12 +409,15 @@ def _not_finite(problem: str, kept: int | None) -> TrainingError:
 def _final_evaluation(run: Run, state: State) -> dict:
     """Every configured split's report files, the learning curves, then the human summary."""
     results = {}
-    for evaluator in evaluation.final_evaluators(run.config, run.data, run.steps, run.mesh, run.workdir):
-        results[evaluator.side] = evaluator.run(state)
-    if is_lead():
-        plots.plot_learning_curves(run.writer.records(), run.workdir / "learning_curves.png")
-    for side, report in results.items():
-        _print(f"\n{side} ({run.data.split.name}):\n" + report_text.format_summary(report, report["leakage_summary"]))
+    with run.clock.phase("final_evaluation"):
+        for evaluator in evaluation.final_evaluators(run.config, run.data, run.steps, run.mesh, run.workdir):
+            results[evaluator.side] = evaluator.run(state)
+    with run.clock.phase("reports"):
+        if is_lead():
+            plots.plot_learning_curves(run.writer.records(), run.workdir / "learning_curves.png")
+        for side, report in results.items():
+            summary = report_text.format_summary(report, report["leakage_summary"])
+            _print(f"\n{side} ({run.data.split.name}):\n" + summary)
     return results
 
 

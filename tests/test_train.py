@@ -18,7 +18,7 @@ import trainer_runs as tr
 from etils import epath
 from flax import nnx
 
-from bcjax import components, input_pipeline, parallel, train
+from bcjax import components, input_pipeline, parallel, phases, train
 from bcjax.models import create_model
 from bcjax.workdir_guard import WorkdirMismatchError
 
@@ -71,6 +71,11 @@ def test_run_writes_every_artifact(finished_run):
     records = tr.records(workdir)
     assert [r["step"] for r in records if "train/loss" in r] == list(range(1, config.total_steps + 1))
     assert any("validation/accuracy" in r for r in records)
+    timings = json.loads((workdir / "timings.json").read_text())
+    assert list(timings) == [*phases.PHASES, "other", "total"]
+    for name in ("model", "dataset", "images", "setup", "first_step", "training_steps", "validation", "checkpoints"):
+        assert timings[name] > 0, name
+    assert timings["other"] >= 0 and timings["total"] == pytest.approx(sum(timings.values()) - timings["total"])
 
 
 def _mean_cross_entropy(predictions_csv) -> float:
@@ -348,12 +353,17 @@ def test_missing_dataset_ends_in_one_message(tmp_path):
     assert "Traceback" not in output
 
 
-def test_all_folds_report_mean_and_std(prepared_data_dir, tmp_path):
+def test_all_folds_report_mean_and_std(prepared_data_dir, tmp_path, capsys):
     config = tiny_config.get_config(str(prepared_data_dir))
     config.data.all_folds = True
     config.data.split_kwargs.k = 2
     config.total_steps, config.evaluation.splits = 2, ("test",)
+    config.data.image_cache_dir = str(tmp_path / "image_cache")
     results = train.train_and_evaluate(config, str(tmp_path))
+    decoded = re.findall(r"Decoding \d+ images[^\r\n]*100%", capsys.readouterr().err)
+    assert len(decoded) == 1  # fold 0 decodes; fold 1 reads fold 0's images from the cache
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert len(timings["folds"]) == 2 and timings["images"] == pytest.approx(sum(f["images"] for f in timings["folds"]))
     summary = json.loads((tmp_path / "folds_summary.json").read_text())
     assert summary["folds"] == 2 and len(results["folds"]) == 2
     accuracies = [tr.report(tmp_path / f"fold_{i}")["overall"]["accuracy"] for i in range(2)]
