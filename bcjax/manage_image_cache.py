@@ -10,6 +10,7 @@ folder per dataset and preprocessing (bcjax.image_cache); they are never removed
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 
@@ -32,10 +33,11 @@ def describe(entry: image_cache.CacheEntry) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    entries = {entry.folder.name: entry for entry in image_cache.list_caches(_CACHE_DIR.value)}
+    root = os.path.expanduser(_CACHE_DIR.value)
+    entries = {entry.folder.name: entry for entry in image_cache.list_caches(root)}
     unknown = [name for name in _REMOVE.value if name not in entries]
     if unknown:
-        sys.exit(f"error: no cache {', '.join(unknown)} in {_CACHE_DIR.value}; run without --remove to list them")
+        sys.exit(f"error: no cache {', '.join(unknown)} in {root}; run without --remove to list them")
     doomed = list(entries) if _REMOVE_ALL.value else _REMOVE.value
     for name in doomed:
         shutil.rmtree(entries.pop(name).folder)
@@ -43,7 +45,7 @@ def main(argv: list[str]) -> None:
     for entry in entries.values():
         print(describe(entry))
     total = sum(entry.bytes for entry in entries.values())
-    print(f"{len(entries)} caches, {total / 2**20:.1f} MiB in {_CACHE_DIR.value}")
+    print(f"{len(entries)} caches, {total / 2**20:.1f} MiB in {root}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import dataclasses
 import multiprocessing
+import os
 import pathlib
 import subprocess
 import sys
@@ -166,3 +167,21 @@ def test_a_run_keeps_its_images_beside_the_dataset_by_default(prepared_data_dir)
     assert config.image_cache_dir == ""
     _load(config)
     assert image_cache.list_caches(prepared_data_dir / image_cache.DEFAULT_FOLDER)
+
+
+def test_readme_cache_commands_run_as_written(tmp_path):
+    """README 'The image cache': the listing shows a cache under ~/tensorflow_datasets, --remove_all removes it."""
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("**The image cache.**")[1].split("```bash\n")[1].split("```")[0]
+    listing, remove_all = block.strip().splitlines()
+    root = tmp_path / "tensorflow_datasets" / image_cache.DEFAULT_FOLDER
+    key = {"dataset": "breakhis/custom:1.0.0", "height": 2, "width": 3, "stain_normalization": "none"}
+    cache = image_cache.ImageCache(root, key)
+    cache.add(np.arange(2), np.zeros((2, 2, 3, 3), np.uint8))
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"  # `python` is this one
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": path}
+    run = dict(shell=True, env=env, capture_output=True, text=True, check=True)
+    listed = subprocess.run(listing, **run).stdout
+    assert f"{cache.folder.name}" in listed and "2 images  breakhis/custom:1.0.0 at 2x3" in listed
+    assert "removed" in subprocess.run(remove_all, **run).stdout
+    assert image_cache.list_caches(root) == [] and "0 caches" in subprocess.run(listing, **run).stdout
