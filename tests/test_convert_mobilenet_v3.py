@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from test_convert import calibrate_torch
-from test_convert_vgg import assert_matches, meta_state_dict
+from test_convert_vgg import assert_matches, meta_state_dict, torch_outputs, torchvision_file
 
 from bcjax import config_checks, convert, normalization, pretrained
 from bcjax.converters import mobilenet_v3 as mobilenet_converter
@@ -93,33 +93,19 @@ def randomized_torch(torch, model, seed=0):
     return calibrate_torch(torch, model, seed, size=64)
 
 
-def torch_outputs(torch, model, forward_features):
-    with torch.no_grad():
-        x = torch.from_numpy(IMAGES.transpose(0, 3, 1, 2))
-        return {"feature map": forward_features(x).numpy().transpose(0, 2, 3, 1), "logits": model(x).numpy()}
-
-
-def torchvision_file(torch, directory, arch):
-    """(path named as torchvision names its downloads, NAME-<sha256 prefix>.pth; reference outputs)."""
-    import torchvision
-
-    torch.manual_seed(0)
-    model = randomized_torch(torch, getattr(torchvision.models, arch)(weights=None))
-    path = directory / f"{arch}.pth"
-    torch.save(model.state_dict(), path)
-    named = path.rename(directory / f"{arch}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth")
-    return named, torch_outputs(torch, model, model.features)
-
-
 @pytest.fixture(scope="module")
 def large_pth(torch, tmp_path_factory):
-    return torchvision_file(torch, tmp_path_factory.mktemp("mnv3_large"), "mobilenet_v3_large")
+    return torchvision_file(
+        torch, tmp_path_factory.mktemp("mnv3_large"), "mobilenet_v3_large", randomized_torch, IMAGES
+    )
 
 
 @pytest.fixture(scope="module")
 def small_tv(torch, tmp_path_factory):
     """The torchvision mobilenet_v3_small file, converted, and torch's outputs."""
-    path, reference = torchvision_file(torch, tmp_path_factory.mktemp("mnv3_small"), "mobilenet_v3_small")
+    path, reference = torchvision_file(
+        torch, tmp_path_factory.mktemp("mnv3_small"), "mobilenet_v3_small", randomized_torch, IMAGES
+    )
     return convert.convert_file(path, "torchvision"), reference
 
 
@@ -193,7 +179,7 @@ def test_timm_mobilenetv3_large_100_safetensors(torch, tmp_path):
     meta = converted.metadata
     assert (meta["architecture"], meta["layout"], meta["bn_epsilon"]) == ("mobilenet_v3_large", "timm", 1e-5)
     assert (meta["imagenet_classes"], meta["preprocessing"]) == (1000, normalization.PREPROCESSING["torch"])
-    reference = torch_outputs(torch, model, model.forward_features)
+    reference = torch_outputs(torch, model, model.forward_features, IMAGES)
     assert_matches("timm mobilenetv3_large_100 (.safetensors)", our_outputs(converted), reference)
 
 

@@ -90,22 +90,25 @@ def randomized_torch(torch, model, seed=0):
     return calibrate_torch(torch, model, seed, size=IMAGES.shape[1])
 
 
-def torch_outputs(torch, model, forward_features):
+def torch_outputs(torch, model, forward_features, images=IMAGES):
     with torch.no_grad():
-        x = torch.from_numpy(IMAGES.transpose(0, 3, 1, 2))
+        x = torch.from_numpy(images.transpose(0, 3, 1, 2))
         return {"feature map": forward_features(x).numpy().transpose(0, 2, 3, 1), "logits": model(x).numpy()}
 
 
-def torchvision_file(torch, directory, arch):
-    """(path named as torchvision names its downloads, NAME-<sha256 prefix>.pth; reference outputs)."""
+def torchvision_file(torch, directory, arch, randomize=None, images=IMAGES):
+    """(path named as torchvision names its downloads, NAME-<sha256 prefix>.pth; outputs on `images`).
+
+    `randomize(torch, model)` sets the random weights (default: this module's `randomized_torch`).
+    """
     import torchvision
 
     torch.manual_seed(0)
-    model = randomized_torch(torch, getattr(torchvision.models, arch)(weights=None))
+    model = (randomize or randomized_torch)(torch, getattr(torchvision.models, arch)(weights=None))
     path = directory / f"{arch}.pth"
     torch.save(model.state_dict(), path)
     named = path.rename(directory / f"{arch}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth")
-    return named, torch_outputs(torch, model, model.features)
+    return named, torch_outputs(torch, model, model.features, images)
 
 
 @pytest.fixture(scope="module")

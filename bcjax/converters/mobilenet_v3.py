@@ -15,17 +15,17 @@ conv_head -> dense kernels.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
 from flax import nnx
 
-from bcjax.converters.vgg import _TORCH_LEAVES, _as_is, _Leaf, _take
-from bcjax.models import LinearHead, MobileNetV3
+from bcjax.converters.vgg import _TORCH_LEAVES, FileModel, _as_is, _Leaf, convert_with_head
+from bcjax.models import MobileNetV3
 from bcjax.models.mobilenet_v3 import ARCHITECTURES, STEM_WIDTH
-from bcjax.normalization import PREPROCESSING
-from bcjax.pretrained import FORMAT, ConversionError, Converted, StatePath, check_fit
+from bcjax.pretrained import ConversionError, Converted, StatePath
 
 _BY_BLOCKS = {len(blocks): arch for arch, (blocks, _, _) in ARCHITECTURES.items()}
 # timm groups the blocks into stages (blocks.{stage}.{index}); the last stage is the 1x1 conv to 960/576.
@@ -271,30 +271,8 @@ def convert(tensors: Mapping[str, np.ndarray], source: str, arch: str, what: str
         backbone = nnx.eval_shape(lambda: MobileNetV3(arch, naming.layout, pre_logits=pre_logits, rngs=nnx.Rngs(0)))
     except ValueError as e:
         raise ConversionError(f"{what}: {e}") from None
-    expected = _expected(backbone, naming, layers)
-    head_bias = tensors.get(naming.key(layers["dense",], "bias"))
-    classes = int(head_bias.shape[0]) if head_bias is not None and head_bias.ndim == 1 else None
-    head_expected = {}
-    if classes:
-        head = nnx.eval_shape(lambda: LinearHead(backbone.num_features, classes, rngs=nnx.Rngs(0)))
-        head_expected = _expected(head, naming, layers)
-    check_fit(
-        {k: v[2] for k, v in (expected | head_expected).items()},
-        {k: v.shape for k, v in tensors.items()},
-        f"{what} does not fit {arch} ({naming.layout} layout) as {source} names it",
-        f"pass {KINDS[source]} for {arch}, complete and unmodified (compare its sha256 "
-        "with the published one and download it again if they differ).",
-    )
-    metadata = {
-        "format": FORMAT,
-        "architecture": arch,
-        "layout": naming.layout,
-        "source": source,
-        "bn_epsilon": backbone.bn_epsilon,
-        "imagenet_classes": classes,
-        "preprocessing": dict(PREPROCESSING[naming.preprocessing]),
-        "backbone_kwargs": {"pre_logits": pre_logits},
-        # A model built without pre_logits (recipe C: the pooled 960/576 map) takes the rest and leaves it out.
-        "optional_layers": ["pre_logits"],
-    }
-    return Converted(metadata, _take(tensors, expected), _take(tensors, head_expected) if head_expected else None)
+    described = FileModel(what, KINDS[source], arch, naming.layout, source, naming.preprocessing)
+    expected = functools.partial(_expected, naming=naming, layers=layers)
+    # A model built without pre_logits (recipe C: the pooled 960/576 map) takes the rest and leaves it out.
+    options = {"backbone_kwargs": {"pre_logits": pre_logits}, "optional_layers": ["pre_logits"]}
+    return convert_with_head(tensors, backbone, expected, naming.key(layers["dense",], "bias"), described, options)

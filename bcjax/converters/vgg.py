@@ -9,8 +9,10 @@ stores fc1/fc2 as 7x7/1x1 convs, whose (out, C, H, W) kernels reshape to torch's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from flax import nnx
@@ -190,30 +192,61 @@ def convert(tensors: Mapping[str, np.ndarray], source: str, arch: str, what: str
     except ValueError as e:
         raise ConversionError(f"{what}: {e}") from None
     layers = naming.features(*ARCHITECTURES[arch]) | dict(naming.top)
-    expected = _expected(backbone, naming, layers)
-    head_bias = tensors.get(naming.key(naming.top["dense",], _as_is("bias")))
+    described = FileModel(what, KINDS[source], arch, naming.layout, source, naming.preprocessing)
+    expected = functools.partial(_expected, naming=naming, layers=layers)
+    # A model built without fc_layers (global average pool) takes the convs and leaves fc1 and fc2 out.
+    options = {"backbone_kwargs": {"fc_layers": fc_layers}, "optional_layers": ["fc1", "fc2"]}
+    return convert_with_head(
+        tensors, backbone, expected, naming.key(naming.top["dense",], _as_is("bias")), described, options
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FileModel:
+    """A weight file and the model it is converted for, as its metadata and messages name them."""
+
+    what: str  # the file, as messages name it
+    kind: str  # the kind of file to pass instead of one that does not fit
+    arch: str
+    layout: str
+    source: str
+    preprocessing: str  # a key of bcjax.normalization.PREPROCESSING
+
+
+def convert_with_head(
+    tensors: Mapping[str, np.ndarray],
+    backbone: nnx.Module,
+    expected: Callable[[nnx.Module], Mapping[str, tuple]],
+    head_bias_key: str,
+    file: FileModel,
+    options: Mapping[str, Any],
+) -> Converted:
+    """The backbone's tensors, and the ImageNet classifier's when the file has one, checked to fit first.
+
+    `expected(module)` maps the file's keys to ours (a converter's `_expected`); `options` are the
+    metadata's `backbone_kwargs` and `optional_layers`.
+    """
+    head_bias = tensors.get(head_bias_key)
     classes = int(head_bias.shape[0]) if head_bias is not None and head_bias.ndim == 1 else None
-    head_expected = {}
+    backbone_expected, head_expected = expected(backbone), {}
     if classes:
-        head = nnx.eval_shape(lambda: LinearHead(backbone.num_features, classes, rngs=nnx.Rngs(0)))
-        head_expected = _expected(head, naming, layers)
+        head_expected = expected(nnx.eval_shape(lambda: LinearHead(backbone.num_features, classes, rngs=nnx.Rngs(0))))
     check_fit(
-        {k: v[2] for k, v in (expected | head_expected).items()},
+        {k: v[2] for k, v in (backbone_expected | head_expected).items()},
         {k: v.shape for k, v in tensors.items()},
-        f"{what} does not fit {arch} ({naming.layout} layout) as {source} names it",
-        f"pass {KINDS[source]} for {arch}, complete and unmodified (compare its sha256 "
+        f"{file.what} does not fit {file.arch} ({file.layout} layout) as {file.source} names it",
+        f"pass {file.kind} for {file.arch}, complete and unmodified (compare its sha256 "
         "with the published one and download it again if they differ).",
     )
     metadata = {
         "format": FORMAT,
-        "architecture": arch,
-        "layout": naming.layout,
-        "source": source,
+        "architecture": file.arch,
+        "layout": file.layout,
+        "source": file.source,
         "bn_epsilon": backbone.bn_epsilon,
         "imagenet_classes": classes,
-        "preprocessing": dict(PREPROCESSING[naming.preprocessing]),
-        "backbone_kwargs": {"fc_layers": fc_layers},
-        # A model built without fc_layers (global average pool) takes the convs and leaves these out.
-        "optional_layers": ["fc1", "fc2"],
+        "preprocessing": dict(PREPROCESSING[file.preprocessing]),
+        **options,
     }
-    return Converted(metadata, _take(tensors, expected), _take(tensors, head_expected) if head_expected else None)
+    head = _take(tensors, head_expected) if head_expected else None
+    return Converted(metadata, _take(tensors, backbone_expected), head)
