@@ -68,10 +68,12 @@ class Held:
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The images of `rows` (all held), gathered into memory in that order."""
         where = np.searchsorted(self.rows, rows)
-        shape = self.chunks[0].shape[1:]
-        images = np.empty((len(rows), *shape), np.uint8)
         chunk_of, position_of = self.chunk_of_row[where], self.position_of_row[where]
-        for chunk in np.unique(chunk_of):
+        chunks = np.unique(chunk_of)
+        if len(chunks) == 1:  # one read from the file, straight into the result
+            return np.take(self.chunks[chunks[0]], position_of, axis=0)
+        images = np.empty((len(rows), *self.chunks[0].shape[1:]), np.uint8)
+        for chunk in chunks:
             mine = chunk_of == chunk
             images[mine] = self.chunks[chunk][position_of[mine]]
         return images
