@@ -34,6 +34,7 @@ from etils import epath
 FORMAT_VERSION = 1
 DEFAULT_FOLDER = "bcjax_image_cache"  # under the data_dir, beside the prepared datasets
 KEY_FILE = "key.json"
+RECORDS_FILE = "records.json"  # the dataset's per-image metadata (bcjax.input_pipeline.read_table)
 _MANIFEST_SUFFIX = ".json"
 
 
@@ -100,6 +101,24 @@ class ImageCache:
         rows, first = np.unique(rows, return_index=True)
         return Held(rows, [images for _, images, _ in parts], chunk_of[first], position_of[first])
 
+    def records(self) -> list[dict[str, Any]] | None:
+        """The dataset's per-image metadata kept by `keep_records`, or None (never kept, or unreadable)."""
+        path = self.folder / RECORDS_FILE
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError as error:
+            print(
+                f"Decoded-image cache: {path} is unreadable ({error}); reading the dataset's table again.",
+                file=sys.stderr,
+            )
+            return None
+
+    def keep_records(self, records: list[dict[str, Any]]) -> None:
+        """Keeps the dataset's per-image metadata, which otherwise costs a read of every record (PNGs included)."""
+        _write_atomically(self.folder / RECORDS_FILE, lambda f: f.write(json.dumps(records).encode()))
+
     def add(self, rows: np.ndarray, images: np.ndarray) -> None:
         """Writes `rows` and their `images` as a new chunk, atomically (the manifest last)."""
         if not len(rows):
@@ -133,7 +152,7 @@ class ImageCache:
 def _manifests(folder: epath.Path) -> list[epath.Path]:
     """The chunk manifests in `folder`: not the key, not a temporary file still being written."""
     paths = folder.glob(f"*{_MANIFEST_SUFFIX}")
-    return sorted(p for p in paths if p.name != KEY_FILE and not p.name.startswith(".tmp-"))
+    return sorted(p for p in paths if p.name not in (KEY_FILE, RECORDS_FILE) and not p.name.startswith(".tmp-"))
 
 
 def _open_chunk(folder: epath.Path, name: str, manifest_path: epath.Path):

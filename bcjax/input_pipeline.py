@@ -162,12 +162,20 @@ def missing_dataset_message(data_dir: str, dataset: str) -> str:
     )
 
 
-def read_table(source) -> splits.ImageTable:
-    """The per-image metadata of every record, in record order."""
-    records = []
-    for start in range(0, len(source), _METADATA_CHUNK):
-        chunk = source.__getitems__(range(start, min(start + _METADATA_CHUNK, len(source))))
-        records.extend(_metadata(r) for r in chunk)
+def read_table(source, store: image_cache.ImageCache | None = None) -> splits.ImageTable:
+    """The per-image metadata of every record, in record order, kept in `store` when given.
+
+    Reading it means reading every record, PNG bytes included (~6 s for BreakHis' size on a CPU),
+    so a run with an image cache reads the copy kept there instead.
+    """
+    records = store.records() if store is not None else None
+    if records is None or len(records) != len(source):
+        records = []
+        for start in range(0, len(source), _METADATA_CHUNK):
+            chunk = source.__getitems__(range(start, min(start + _METADATA_CHUNK, len(source))))
+            records.extend(_metadata(r) for r in chunk)
+        if store is not None:
+            store.keep_records(records)
     return splits.ImageTable.from_records(records)
 
 
@@ -482,12 +490,12 @@ def load(
     clock = clock or PhaseClock()
     with clock.phase("dataset"):
         source = open_source(config.data_dir, config.dataset, config.manual_dir)
-        table = read_table(source)
+        store = open_image_cache(config, tfds.builder(config.dataset, data_dir=_expand(config.data_dir)).data_dir)
+        table = read_table(source, store)
     split = splits.make_split(table, config.split, magnification=config.magnification, **config.split_kwargs)
     train = split.train
     if config.balance:
         train = balanced_rows(train, getattr(table, config.target), config.seed)
-    store = open_image_cache(config, tfds.builder(config.dataset, data_dir=_expand(config.data_dir)).data_dir)
     decode = functools.partial(
         build_cache,
         source,

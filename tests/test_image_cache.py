@@ -49,6 +49,30 @@ def test_a_second_run_decodes_nothing_and_reads_the_same_images(prepared_data_di
     np.testing.assert_array_equal(in_memory.cache.images, first.cache.images)
 
 
+def _assert_same_table(a, b):
+    for field in dataclasses.fields(a):
+        np.testing.assert_array_equal(getattr(a, field.name), getattr(b, field.name), err_msg=field.name)
+
+
+def test_a_second_run_reads_the_table_from_the_cache_not_every_record(prepared_data_dir, tmp_path, monkeypatch, capsys):
+    config = _config(prepared_data_dir, tmp_path)
+    first = _load(config)
+    reads = []
+    metadata = input_pipeline._metadata
+    monkeypatch.setattr(input_pipeline, "_metadata", lambda record: reads.append(1) or metadata(record))
+    second = _load(config)
+    assert not reads
+    _assert_same_table(second.table, first.table)
+    (folder,) = [e.folder for e in image_cache.list_caches(tmp_path)]
+    (folder / image_cache.RECORDS_FILE).write_text("{ truncated")
+    third = _load(config)
+    assert "unreadable" in capsys.readouterr().err and len(reads) == len(first.table)
+    _assert_same_table(third.table, first.table)
+    reads.clear()
+    _load(config)
+    assert not reads  # kept again
+
+
 def test_decoding_threads_give_the_images_of_one_in_order(prepared_data_dir):
     one = _load(_config(prepared_data_dir, "none"))
     np.testing.assert_array_equal(
