@@ -38,6 +38,10 @@ RECORDS_FILE = "records.json"  # the dataset's per-image metadata (bcjax.input_p
 _MANIFEST_SUFFIX = ".json"
 
 
+class ImageCacheError(OSError):
+    """The cache folder cannot be written; the message says which setting to change."""
+
+
 def key_id(key: Mapping[str, Any]) -> str:
     """The subfolder name of `key`: a digest of its canonical JSON."""
     return hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()[:20]
@@ -86,9 +90,16 @@ class ImageCache:
     def __init__(self, root: str | epath.Path, key: Mapping[str, Any]):
         self.key = {**key, "format_version": FORMAT_VERSION}
         self.folder = epath.Path(root) / key_id(self.key)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not (self.folder / KEY_FILE).exists():
-            _write_atomically(self.folder / KEY_FILE, lambda f: f.write(json.dumps(self.key, indent=2).encode()))
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not (self.folder / KEY_FILE).exists():
+                _write_atomically(self.folder / KEY_FILE, lambda f: f.write(json.dumps(self.key, indent=2).encode()))
+        except OSError as error:
+            raise ImageCacheError(
+                f"Cannot keep decoded images in {self.folder} ({type(error).__name__}: {error}). Set "
+                "--config.data.image_cache_dir to a folder this process can write, or to 'none' to decode "
+                "in memory every run."
+            ) from None
 
     def held(self) -> Held | None:
         """Every row of every sound chunk (the first chunk holding a row wins); None when empty."""

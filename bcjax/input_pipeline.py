@@ -275,7 +275,10 @@ def build_cache(
             images[position] = pixels
             bar.update(1)
     if store is not None:
-        store.add(rows[missing], images if len(missing) == len(rows) else images[missing])
+        try:
+            store.add(rows[missing], images if len(missing) == len(rows) else images[missing])
+        except OSError as error:  # a full disk: this run has its images, the next decodes them again
+            print(f"Decoded-image cache: could not keep the images in {store.folder} ({error}).", file=sys.stderr)
     return DecodedCache(rows=rows, images=images)
 
 

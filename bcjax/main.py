@@ -74,7 +74,7 @@ def initialize_distributed() -> None:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors a user can cause; they end in their message, without a traceback."""
-    from bcjax import input_pipeline, train, workdir_guard
+    from bcjax import image_cache, input_pipeline, train, workdir_guard
     from bcjax.config_checks import ConfigError
     from bcjax.datasets.breakhis import BreakHisBuildError
     from bcjax.pretrained import ConversionError
@@ -82,6 +82,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     return (
         ConfigError,
         input_pipeline.DataNotFoundError,
+        image_cache.ImageCacheError,
         workdir_guard.WorkdirMismatchError,
         train.TrainingError,
         BreakHisBuildError,

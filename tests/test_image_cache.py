@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tiny_config
+import trainer_runs
 
 from bcjax import image_cache, input_pipeline, train
 
@@ -209,3 +210,13 @@ def test_readme_cache_commands_run_as_written(tmp_path):
     assert f"{cache.folder.name}" in listed and "2 images  breakhis/custom:1.0.0 at 2x3" in listed
     assert "removed" in subprocess.run(remove_all, **run).stdout
     assert image_cache.list_caches(root) == [] and "0 caches" in subprocess.run(listing, **run).stdout
+
+
+def test_an_unwritable_cache_folder_is_one_message_naming_the_setting(prepared_data_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a folder cannot be made under a file, whoever runs the test
+    code, output = trainer_runs.main(
+        tmp_path / "run", prepared_data_dir, f"--config.data.image_cache_dir={blocker / 'cache'}", devices=1
+    )
+    assert code != 0 and "Traceback" not in output
+    assert "Cannot keep decoded images in" in output and "--config.data.image_cache_dir" in output
