@@ -5,7 +5,7 @@ bytes: the dataset (name, version and a fingerprint of its files), the working s
 the stain normalisation and its reference, and this format's version. A subfolder holds chunks:
 each build writes the rows it had to decode as one chunk,
 
-    <key id>/key.json                       what the key is (read by `python -m bcjax.image_cache`)
+    <key id>/key.json                       what the key is (listed by `python -m bcjax.manage_image_cache`)
     <key id>/<chunk>.rows.npy               the table rows held, in order
     <key id>/<chunk>.images.npy             [rows, height, width, 3] uint8, read memory-mapped
     <key id>/<chunk>.json                   shapes and sha256 of both files; written last
@@ -90,6 +90,8 @@ class ImageCache:
     def __init__(self, root: str | epath.Path, key: Mapping[str, Any]):
         self.key = {**key, "format_version": FORMAT_VERSION}
         self.folder = epath.Path(root) / key_id(self.key)
+        # Chunks this object has checked against their manifests, or written: each is hashed once.
+        self._sound: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not (self.folder / KEY_FILE).exists():
@@ -142,13 +144,21 @@ class ImageCache:
             _write_atomically(path, lambda f, array=array: np.lib.format.write_array(f, array, allow_pickle=False))
             manifest[f"{part}_sha256"] = _sha256(path)
         _write_atomically(self.folder / f"{name}{_MANIFEST_SUFFIX}", lambda f: f.write(json.dumps(manifest).encode()))
+        self._sound[name] = (files["rows"], np.load(self.folder / f"{name}.images.npy", mmap_mode="r"))
 
     def _sound_chunks(self):
-        """(rows, memory-mapped images) of every chunk that matches its manifest; the others are removed."""
+        """(rows, memory-mapped images) of every chunk that matches its manifest; the others are removed.
+
+        A chunk is hashed the first time this object sees it; a multi-host load asks three times.
+        """
         for manifest_path in _manifests(self.folder):
             name = manifest_path.name.removesuffix(_MANIFEST_SUFFIX)
+            if name in self._sound:
+                yield self._sound[name]
+                continue
             problem, chunk = _open_chunk(self.folder, name, manifest_path)
             if problem is None:
+                self._sound[name] = chunk
                 yield chunk
                 continue
             print(

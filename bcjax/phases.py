@@ -2,7 +2,9 @@
 
 A user's figure is the time from the command to the report, not images/s. Each phase is timed
 where it runs; the training steps are what is left of the loop once its validation and checkpoint
-saves are taken out, and `other` is what no phase claims (imports, the start of JAX, writing files).
+saves are taken out, and `other` is what no phase claims between the start of the run's setup and
+its end (the split, the z-score statistics, writing files); imports, the workdir check and the
+start of JAX come before the clock starts.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Writes a synthetic BreakHis tree at the real 700x460 size, builds it with the
 TFDS builder, then measures images/s for
   1. baseline: PIL opens each PNG file one by one, converts and resizes it
      (what the papers' Keras/PyTorch loaders do every epoch);
-  2. first pass: bcjax decodes every record once, with 1 decoding process and with `--workers`
+  2. first pass: bcjax decodes every record once, with 1 decoding thread and with `--workers`
      (in memory only, as with data.image_cache_dir='none');
   3. the image cache: a first run that decodes and writes it, a second run that reads it;
   4. cached pass: training batches served from memory (grain), plain and augmented;
