@@ -63,23 +63,31 @@ class Checkpoints:
     def save(
         self, step: int, state: Any, iterator: grain.DatasetIterator | None, metrics: dict[str, float] | None = None
     ) -> None:
-        items = {"state": ocp.args.StandardSave(state)}
+        """Saves `state` but its run constants, which the run recomputes (`bcjax.steps.run_constants`)."""
+        items = {"state": ocp.args.StandardSave(_saved_part(state))}
         if iterator is not None:
             items["iterator"] = grain.checkpoint.CheckpointSave(iterator)
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
-    def restore(self, step: int, abstract_state: Any, iterator: grain.DatasetIterator | None = None) -> Any:
-        """The state saved at `step` (with the shardings of `abstract_state`); restores `iterator` in place."""
+    def restore(self, step: int, state: Any, iterator: grain.DatasetIterator | None = None) -> Any:
+        """The state saved at `step` in place of `state` (laid out as it is, its run constants kept);
+        restores `iterator` in place."""
         self.wait()
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        items = {"state": ocp.args.StandardRestore(_abstract(_saved_part(state)))}
         if iterator is not None:
             items["iterator"] = grain.checkpoint.CheckpointRestore(iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        return {**restored, **({"constants": state["constants"]} if "constants" in state else {})}
 
     def close(self) -> None:
         self.manager.close()
 
 
-def abstract(state: Any) -> Any:
+def _saved_part(state: Any) -> Any:
+    """A train state without its run constants (checkpoints keep the layout they had before those)."""
+    return {k: v for k, v in state.items() if k != "constants"} if isinstance(state, dict) else state
+
+
+def _abstract(state: Any) -> Any:
     """Shape, dtype and sharding of every leaf: the restore target of `state`."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -6,6 +6,8 @@ program for the same config.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,7 +18,7 @@ from bcjax.datasets.breakhis_vocabulary import TARGET_CLASSES
 from bcjax.device_data import DeviceData
 from bcjax.models import create_model
 from bcjax.normalization import Normalizer
-from bcjax.steps import State, Steps, Task, initial_state, make_steps
+from bcjax.steps import State, Steps, Task, initial_state, make_steps, run_constants
 
 
 def compute_dtype(name: str) -> jnp.dtype:
@@ -76,15 +78,25 @@ def build_steps(
     total_steps: int,
     model: nnx.Module | None = None,
     device_data: DeviceData | None = None,
+    reuse: Steps | None = None,
 ) -> tuple[Steps, State]:
     """The compiled steps of `config` and the initial state placed on `mesh`.
 
     `model` defaults to `build_model(config)`'s; `total_steps` is the run's length, which the
     learning-rate schedule spans; with `device_data` the train steps draw their own batches.
+    `reuse`: the steps of an earlier run of the same config on the same mesh (another fold):
+    its programs serve this run too, compiled once (again only where an input's shape differs).
     """
     model = build_model(config)[0] if model is None else model
-    tx = optimizers.make_optimizer(config.optimizer, total_steps)
-    graphdef, state = initial_state(model, tx)
-    task = Task(graphdef, tx, make_loss(config), normalizer, config.data.target)
-    steps = make_steps(task, state, mesh, shard_params=config.shard_params, device_data=device_data)
-    return steps, jax.device_put(state, steps.state_sharding)
+    constants = run_constants(normalizer, total_steps)
+    if reuse is None:
+        optimizer = functools.partial(optimizers.make_optimizer, config.optimizer)
+        task = Task(nnx.graphdef(model), optimizer, make_loss(config), normalizer, config.data.target)
+        state = initial_state(model, task, constants)
+        steps = make_steps(task, state, mesh, shard_params=config.shard_params, device_data=device_data)
+    else:
+        steps, state = reuse, initial_state(model, reuse.task, constants)
+    # Copies: the steps donate their state, and the model's own arrays must outlive it (the next fold
+    # starts from them). `device_put(may_alias=False)` alone still shares device 0's buffer of a
+    # replicated array on several devices, which the donation then deletes.
+    return steps, jax.device_put(jax.tree.map(jnp.array, state), steps.state_sharding)

@@ -33,7 +33,7 @@ from bcjax.models.heads import ACTIVATIONS
 
 # Sides a final evaluation can report on: evaluation_files reports the leakage of validation and test.
 EVALUATED_SIDES = tuple(side for side in splits.SIDES if side != "train")
-# What train.place_training_data accepts for config.data.device_resident.
+# What train.choose_device_path accepts for config.data.device_resident.
 DEVICE_RESIDENT = ("auto", True, False)
 # Arguments every split protocol gets from elsewhere than config.data.split_kwargs.
 _SPLIT_ARGUMENTS_SET_ELSEWHERE = {"table": "the dataset", "magnification": "config.data.magnification"}

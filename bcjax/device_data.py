@@ -13,6 +13,7 @@ import functools
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bcjax import augment_device, parallel
@@ -36,24 +37,28 @@ def fits_on_device(nbytes: int, devices: Sequence[jax.Device], fraction: float =
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["images", "examples", "positions"],
-    meta_fields=["mesh", "global_batch", "seed", "augment"],
+    data_fields=["images", "examples", "positions", "rows"],
+    meta_fields=["mesh", "global_batch", "seed", "augment", "min_rows"],
 )
 @dataclasses.dataclass(frozen=True)
 class DeviceData:
     """The training images on the devices and how batches are drawn from them (`device_batch`).
 
     A pytree whose arrays a jitted step takes as an argument: as a closure they
-    would be baked into the program as constants.
+    would be baked into the program as constants. The arrays may be padded past the run's own
+    training set (`rows` says how much of `positions` counts), so that runs of different sizes
+    (the folds of one command) have the same shapes and share one compiled step.
     """
 
-    images: jax.Array  # [N, H, W, 3] uint8: each distinct training image once, N padded to a multiple of devices
+    images: jax.Array  # [N, H, W, 3] uint8: each distinct training image once, N padded (a multiple of devices)
     examples: dict[str, jax.Array]  # label, tumor_type, magnification and index (table row) per image, replicated
-    positions: jax.Array  # image position of every training row (rows repeat when balancing), replicated
+    positions: jax.Array  # image position of every training row (rows repeat when balancing), padded, replicated
+    rows: jax.Array  # int32 scalar, replicated: how many of `positions` are training rows; the rest are never drawn
     mesh: jax.sharding.Mesh
     global_batch: int
     seed: int
     augment: AugmentConfig
+    min_rows: int  # the fewest training rows of any run sharing this program: bounds the epochs one batch spans
 
     @classmethod
     def put(
@@ -64,15 +69,25 @@ class DeviceData:
         *,
         mesh: jax.sharding.Mesh,
         shard: bool = True,
+        capacity: int = 0,
+        min_rows: int = 0,
         **meta,
     ) -> DeviceData:
-        """From the full copy every process holds: images split over `data` (`shard`) or on every device."""
+        """From arrays every process can index (`images` may read only the shards it is asked for): the
+        images split over `data` (`shard`) or on every device.
+
+        `positions` is padded to `capacity` rows; `min_rows` (default: this run's) is the fewest
+        training rows of any run that is to share the compiled step.
+        """
         replicated = parallel.replicated(mesh)
+        rows = len(positions)
         return cls(
             images=_put(images, parallel.batch_sharding(mesh) if shard else replicated),
             examples={k: _put(v, replicated) for k, v in examples.items()},
-            positions=_put(positions, replicated),
+            positions=_put(np.pad(positions, (0, max(capacity - rows, 0))), replicated),
+            rows=_put(np.int32(rows), replicated),
             mesh=mesh,
+            min_rows=min(min_rows or rows, rows),
             **meta,
         )
 
@@ -91,7 +106,9 @@ def device_batch(data: DeviceData, step: jax.Array) -> dict[str, jax.Array]:
     or processes), so resuming needs only the step.
     """
     key, size = jax.random.key(data.seed), data.global_batch
-    order = _shuffled_positions(jax.random.fold_in(key, 0), step * size, size, len(data.positions))
+    order = _shuffled_positions(
+        jax.random.fold_in(key, 0), step * size, size, data.rows, len(data.positions), data.min_rows
+    )
     positions = data.positions[order]
     sharding = parallel.batch_sharding(data.mesh)
     images = jax.lax.with_sharding_constraint(data.images[positions], sharding)
@@ -103,9 +120,25 @@ def device_batch(data: DeviceData, step: jax.Array) -> dict[str, jax.Array]:
     return jax.lax.with_sharding_constraint(batch, sharding)
 
 
-def _shuffled_positions(key: jax.Array, start: jax.Array, count: int, length: int) -> jax.Array:
-    """Elements start .. start+count-1 of the endless sequence of per-epoch permutations of range(length)."""
-    first = start // length
-    epochs = count // length + 2  # the most epochs `count` consecutive elements can touch
-    orders = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), length))(first + np.arange(epochs))
-    return orders.reshape(-1)[start - first * length + np.arange(count)]
+def _shuffled_positions(
+    key: jax.Array, start: jax.Array, count: int, rows: jax.Array, capacity: int, min_rows: int
+) -> jax.Array:
+    """Elements start .. start+count-1 of the endless sequence of per-epoch permutations of range(rows).
+
+    `rows` may be traced (at most `capacity`, at least `min_rows`): each epoch's permutation
+    sorts random 32-bit keys with the padding's keys set to the largest, so the first `rows`
+    entries are a uniform permutation of the training rows (a stable sort keeps a tied row
+    before the padding).
+    """
+    first = start // rows
+    epochs = count // min_rows + 2  # the most epochs `count` consecutive elements can touch
+
+    def permutation(epoch: jax.Array) -> jax.Array:
+        bits = jax.random.bits(jax.random.fold_in(key, epoch), (capacity,), jnp.uint32)
+        return jnp.argsort(
+            jnp.where(jnp.arange(capacity) < rows, bits, np.uint32(np.iinfo(np.uint32).max)), stable=True
+        )
+
+    orders = jax.vmap(permutation)(first + jnp.arange(epochs))
+    index = start - first * rows + jnp.arange(count)
+    return orders[index // rows, index % rows]

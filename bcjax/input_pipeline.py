@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import math
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -415,6 +415,8 @@ class InputData:
     cache: DecodedCache
     train_rows: np.ndarray  # the training rows (oversampled when balancing)
     normalizer: normalization.Normalizer
+    capacity: TrainCapacity | None = None  # the largest training set of the protocol's folds (None: this one's)
+    held_train: np.ndarray | None = None  # the distinct training rows whose images this process holds (None: all)
     process_index: int = 0
     process_count: int = 1
 
@@ -439,11 +441,14 @@ class InputData:
     def on_devices(self, global_batch: int, mesh: jax.sharding.Mesh, *, shard: bool = True) -> DeviceData:
         """The training images on `mesh`, split over its `data` axis (`shard`) or a copy on every device.
 
-        Padding rows repeat the last image and are never drawn. Every process holds
-        every training image, so each fills its own devices' shards.
+        The arrays are padded to `capacity`, the largest of the protocol's folds, so that every
+        fold's train step has the same shapes; padding rows repeat the last image and are never
+        drawn. Each process fills its own devices' shards, so its cache needs only their images.
         """
-        rows, positions = np.unique(self.train_rows, return_inverse=True)
-        padded = np.pad(rows, (0, -len(rows) % mesh.devices.size), mode="edge")
+        capacity = self.capacity or train_capacity([self.train_rows])
+        padded = resident_rows(self.train_rows, capacity, mesh.devices.size)
+        count = len(np.unique(self.train_rows))
+        positions = np.searchsorted(padded[:count], self.train_rows)
         lookup = _Lookup(self.cache, self.table)
         examples = {
             "label": lookup.label[padded],
@@ -452,10 +457,12 @@ class InputData:
             "index": padded.astype(np.int32),
         }
         return DeviceData.put(
-            self.cache.images[np.searchsorted(self.cache.rows, padded)],
+            _ImagesOfRows(self.cache, padded, count),
             examples,
             positions.astype(np.int32),
             mesh=mesh,
+            capacity=capacity.rows,
+            min_rows=capacity.min_rows,
             global_batch=global_batch,
             seed=self.config.seed,
             augment=self.config.augment,
@@ -481,41 +488,37 @@ def load(
     process_count: int = 1,
     progress: bool = True,
     clock: PhaseClock | None = None,
+    training_share: Callable[[np.ndarray, TrainCapacity], np.ndarray | None] | None = None,
 ) -> InputData:
     """Opens the dataset, splits it, and gets the images this process needs from the image cache.
 
-    Every process holds every training image (global batches draw from all of them) and its own
-    shard of the evaluation images. The images the cache lacks are decoded once: with several
-    processes, each decodes and caches a 1/process_count share of them first, so on a shared
-    cache folder no image is decoded twice; on unshared folders each process then decodes the
-    rest of what it needs itself. `clock` gets the seconds of the 'dataset' and 'images' phases.
+    Every process holds its own shard of the evaluation images, and every training image (global
+    batches draw from all of them), unless `training_share` says which of the distinct training
+    rows (given with the protocol's capacity) this process alone holds (None: all): the
+    device-resident path, where each process fills only its own devices' shards. With several processes that all need
+    every training image, the images the cache lacks are decoded once: each decodes and caches a
+    1/process_count share of them first, so on a shared cache folder no image is decoded twice; on
+    unshared folders each process then decodes the rest of what it needs itself. With a
+    `training_share` the processes need disjoint images, and each decodes just its own.
+    `clock` gets the seconds of the 'dataset' and 'images' phases.
     """
     clock = clock or PhaseClock()
     with clock.phase("dataset"):
-        source = open_source(config.data_dir, config.dataset, config.manual_dir)
-        store = open_image_cache(config, tfds.builder(config.dataset, data_dir=_expand(config.data_dir)).data_dir)
-        table = read_table(source, store)
-    split = splits.make_split(table, config.split, magnification=config.magnification, **config.split_kwargs)
-    train = split.train
-    if config.balance:
-        train = balanced_rows(train, getattr(table, config.target), config.seed)
-    decode = functools.partial(
-        build_cache,
-        source,
-        height=config.height,
-        width=config.width,
-        stain_normalization=config.stain_normalization,
-        workers=config.decode_workers or decoding.default_workers(),
-        store=store,
-        progress=progress,
-    )
-    needed = [train] + [host_shard(getattr(split, s), process_index, process_count) for s in ("validation", "test")]
+        source, store, table, split = _open(config)
+    train = _train_rows(config, table, split)
+    capacity = train_capacity([_train_rows(config, table, fold) for fold in _every_fold(config, table, split)])
+    share = training_share(np.unique(train), capacity) if training_share else None
+    held_train = np.unique(train) if share is None else share
+    decode = functools.partial(_build_cache, config, source, store, progress=progress)
+    needed = [held_train] + [
+        host_shard(getattr(split, s), process_index, process_count) for s in ("validation", "test")
+    ]
     with clock.phase("images"):
-        if store is not None and process_count > 1:
+        if store is not None and process_count > 1 and share is None:
             share = lambda: decode(_share_to_decode(store, split, process_index, process_count))  # noqa: E731
             run_on_every_process("decoding its share of the images", share)
         cache = decode(np.concatenate(needed))
-    normalizer = _normalizer(config, cache, np.unique(train))
+    normalizer = _normalizer(config, cache, held_train)
     return InputData(
         config=config,
         table=table,
@@ -523,9 +526,102 @@ def load(
         cache=cache,
         train_rows=train,
         normalizer=normalizer,
+        capacity=capacity,
+        held_train=held_train,
         process_index=process_index,
         process_count=process_count,
     )
+
+
+def load_side(config: InputConfig, side: str, *, progress: bool = True) -> tuple[splits.Split, DecodedCache]:
+    """The run's split and the images of its `side` ('train', 'validation' or 'test'), read from the
+    image cache (decoded where it lacks them): a trained run's own images, for prediction."""
+    source, store, _, split = _open(config)
+    return split, _build_cache(config, source, store, np.unique(getattr(split, side)), progress=progress)
+
+
+def _open(config: InputConfig) -> tuple[Any, image_cache.ImageCache | None, splits.ImageTable, splits.Split]:
+    """The data source, the image cache, the per-image table and the split of `config`."""
+    source = open_source(config.data_dir, config.dataset, config.manual_dir)
+    store = open_image_cache(config, tfds.builder(config.dataset, data_dir=_expand(config.data_dir)).data_dir)
+    table = read_table(source, store)
+    split = splits.make_split(table, config.split, magnification=config.magnification, **config.split_kwargs)
+    return source, store, table, split
+
+
+def _build_cache(
+    config: InputConfig, source, store: image_cache.ImageCache | None, rows: np.ndarray, *, progress: bool
+) -> DecodedCache:
+    return build_cache(
+        source,
+        rows,
+        height=config.height,
+        width=config.width,
+        stain_normalization=config.stain_normalization,
+        workers=config.decode_workers or decoding.default_workers(),
+        store=store,
+        progress=progress,
+    )
+
+
+class _ImagesOfRows:
+    """The images of `rows` as an array that is read only where indexed: a process fills its own
+    devices' shards (`jax.make_array_from_callback`) from a cache that may hold only those. Past the
+    first `count` rows (the padding, never drawn) the images are black."""
+
+    def __init__(self, cache: DecodedCache, rows: np.ndarray, count: int):
+        self.cache, self.rows, self.count = cache, rows, count
+        self.shape = (len(rows), *cache.images.shape[1:])
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        positions = np.arange(len(self.rows))[index[0]]
+        images = np.zeros((len(positions), *self.shape[1:]), np.uint8)
+        rows = self.rows[positions[positions < self.count]]
+        held = np.searchsorted(self.cache.rows, rows).clip(max=len(self.cache.rows) - 1)
+        if not np.array_equal(self.cache.rows[held], rows):
+            raise RuntimeError("a device shard asks for training images this process did not load")
+        images[: len(rows)] = self.cache.images[held]
+        return images[(slice(None), *index[1:])]
+
+
+def resident_rows(train_rows: np.ndarray, capacity: TrainCapacity, devices: int) -> np.ndarray:
+    """The table rows of the device-resident arrays in order: each distinct training row once, then
+    the last one repeated (padding, never drawn) up to the capacity, rounded up to a multiple of `devices`."""
+    rows = np.unique(train_rows)
+    return np.pad(rows, (0, capacity.images - len(rows) + -capacity.images % devices), mode="edge")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCapacity:
+    """What the device-resident training arrays are padded to: the same for every fold of a protocol,
+    so the folds of one command share one compiled train step."""
+
+    images: int  # the most distinct training images of any fold
+    rows: int  # the most training rows (more than images when balancing)
+    min_rows: int  # the fewest training rows
+
+
+def train_capacity(trains: Sequence[np.ndarray]) -> TrainCapacity:
+    """The capacity of these training sets (one per fold)."""
+    return TrainCapacity(
+        images=max(len(np.unique(t)) for t in trains),
+        rows=max(len(t) for t in trains),
+        min_rows=min(len(t) for t in trains),
+    )
+
+
+def _train_rows(config: InputConfig, table: splits.ImageTable, split: splits.Split) -> np.ndarray:
+    """The split's training rows, oversampled when balancing."""
+    if config.balance:
+        return balanced_rows(split.train, getattr(table, config.target), config.seed)
+    return split.train
+
+
+def _every_fold(config: InputConfig, table: splits.ImageTable, split: splits.Split) -> list[splits.Split]:
+    """Every fold of a k-fold protocol (splitting is cheap: the table is in memory); the split alone otherwise."""
+    if config.split not in splits.KFOLD_PROTOCOLS:
+        return [split]
+    return [splits.make_split(table, config.split, **{**split.params, "fold": f}) for f in range(split.params["k"])]
 
 
 def _share_to_decode(

@@ -41,10 +41,20 @@ class Normalizer:
     bgr: bool = False
 
     def __call__(self, images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+        return self.apply(images, self.statistics())
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        """The per-channel numbers, as arrays: a jitted step takes them as an input, so that runs
+        whose statistics differ (recipe B's folds) share one compiled program."""
+        return {
+            "mean": np.asarray(self.mean, np.float32),
+            "inv_std": np.asarray(1.0 / np.asarray(self.std), np.float32),
+        }
+
+    def apply(self, images: np.ndarray | jax.Array, statistics: Mapping[str, Any]) -> np.ndarray | jax.Array:
+        """`images` normalised with `statistics` (this normaliser's own or, in a step, their traced copy)."""
         x = images[..., ::-1] if self.bgr else images
-        mean = np.asarray(self.mean, np.float32)
-        inv_std = np.asarray(1.0 / np.asarray(self.std), np.float32)
-        return (x.astype(np.float32) * np.float32(self.scale) - mean) * inv_std
+        return (x.astype(np.float32) * np.float32(self.scale) - statistics["mean"]) * statistics["inv_std"]
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -74,16 +84,24 @@ def make_normalizer(name: str, train_images: np.ndarray | None = None) -> Normal
     raise ValueError(f"Unknown normalisation {name!r}; choose one of {', '.join(NORMALIZATIONS)}")
 
 
-def channel_statistics(images: np.ndarray, chunk: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks to bound memory."""
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
-    count = 0
+def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units."""
+    return statistics_of_sums(channel_sums(images))
+
+
+def channel_sums(images: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """[count, sum x 3, sum of squares x 3] of uint8 images' pixels in [0, 1] units (float64), in
+    chunks to bound memory: sums of disjoint image sets (each process's) add up to the whole set's."""
+    sums = np.zeros(7)
     for start in range(0, len(images), chunk):
         block = images[start : start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
-        total += block.sum(0)
-        total_sq += np.square(block).sum(0)
-        count += len(block)
+        sums += np.concatenate([[len(block)], block.sum(0), np.square(block).sum(0)])
+    return sums
+
+
+def statistics_of_sums(sums: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std from `channel_sums`."""
+    count, total, total_sq = sums[0], sums[1:4], sums[4:7]
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)

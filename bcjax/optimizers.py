@@ -63,10 +63,13 @@ SCHEDULES = ("constant", "cosine", "warmup_constant", "warmup_cosine", "step")
 WEIGHT_DECAY_MASKS = ("kernels", "all")
 
 
-def make_optimizer(c: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(c: ml_collections.ConfigDict, total_steps: int | jax.Array) -> optax.GradientTransformation:
     """The optimizer for a Classifier's params from `c` = `config.optimizer` (every field of configs/default.py).
 
-    `total_steps` is the length of the run, which the cosine schedules decay over.
+    `total_steps` is the length of the run, which the cosine schedules decay over. It may be a
+    traced value: the train step builds its optimizer from the state's copy, so that runs of
+    different lengths (recipe B's folds) share one compiled step. The optimizer's state does not
+    depend on it.
     """
     parts = []
     if c.grad_clip_norm:
@@ -88,7 +91,7 @@ def learning_rate_at(c: ml_collections.ConfigDict, total_steps: int, step: int, 
         raise ValueError(f"unknown parameter group {group!r}; choose one of {GROUPS}")
     if frozen_at(c, step, group):
         return 0.0
-    return float(_multiplier(c, group) * _base_schedule(c, total_steps)(step))
+    return float(_multiplier(c, group) * _base_schedule(c)(step, total_steps))
 
 
 def frozen_at(c: ml_collections.ConfigDict, step: int, group: str = "backbone") -> bool:
@@ -130,12 +133,14 @@ def _multiplier(c: ml_collections.ConfigDict, group: str) -> float:
     return c.backbone_lr_multiplier if group == "backbone" else c.head_lr_multiplier
 
 
-def _group_optimizer(c: ml_collections.ConfigDict, total_steps: int, group: str) -> optax.GradientTransformation:
-    base = _base_schedule(c, total_steps)
+def _group_optimizer(
+    c: ml_collections.ConfigDict, total_steps: int | jax.Array, group: str
+) -> optax.GradientTransformation:
+    base = _base_schedule(c)
     scale, offset = _multiplier(c, group), _frozen_steps(c, group)
     # A frozen group's own step count starts when it unfreezes; the offset keeps it on the
     # global schedule.
-    schedule = lambda count: scale * base(count + offset)  # noqa: E731
+    schedule = lambda count: scale * base(count + offset, total_steps)  # noqa: E731
     optimizer = optax_function(c.name)(learning_rate=schedule, **_optimizer_kwargs(c))
     if c.weight_decay and c.name != "adamw":
         return optax.chain(optax.add_decayed_weights(c.weight_decay, _decay_mask(c)), optimizer)
@@ -182,7 +187,9 @@ def _decay_mask(c: ml_collections.ConfigDict) -> Callable[[Any], Any] | None:
     return lambda params: jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def _base_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def _base_schedule(c: ml_collections.ConfigDict) -> Callable[[Any, Any], Any]:
+    """(step, total_steps) -> the base learning rate; either may be traced (optax's own schedules
+    take the length as a Python number, so the cosines are written out here, as optax computes them)."""
     lr, end_lr = c.learning_rate, c.learning_rate * c.end_learning_rate_factor
     if c.schedule not in SCHEDULES:
         raise ValueError(f"unknown config.optimizer.schedule {c.schedule!r}; choose one of {SCHEDULES}")
@@ -193,12 +200,25 @@ def _base_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Sche
         )
     if c.schedule == "step" and c.decay_steps <= 0:
         raise ValueError("schedule 'step' needs config.optimizer.decay_steps > 0")
-    if c.schedule == "constant":
-        return optax.constant_schedule(lr)
     if c.schedule == "cosine":
-        return optax.cosine_decay_schedule(lr, total_steps, alpha=c.end_learning_rate_factor)
-    if c.schedule == "warmup_constant":
-        return optax.warmup_constant_schedule(0.0, lr, c.warmup_steps)
+        return lambda step, total: _cosine(lr, c.end_learning_rate_factor, step, total)
     if c.schedule == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, lr, c.warmup_steps, total_steps, end_value=end_lr)
-    return optax.exponential_decay(lr, c.decay_steps, c.decay_rate, staircase=True)
+        warmup = optax.linear_schedule(0.0, lr, c.warmup_steps)
+        alpha = end_lr / lr if lr else 0.0
+        return lambda step, total: jnp.where(
+            step < c.warmup_steps, warmup(step), _cosine(lr, alpha, step - c.warmup_steps, total - c.warmup_steps)
+        )
+    if c.schedule == "constant":
+        fixed = optax.constant_schedule(lr)
+    elif c.schedule == "warmup_constant":
+        fixed = optax.warmup_constant_schedule(0.0, lr, c.warmup_steps)
+    else:
+        fixed = optax.exponential_decay(lr, c.decay_steps, c.decay_rate, staircase=True)
+    return lambda step, total: fixed(step)
+
+
+def _cosine(peak: float, alpha: float, step, length):
+    """optax.cosine_decay_schedule(peak, length, alpha)(step), with `length` possibly traced."""
+    step, length = jnp.asarray(step, jnp.float32), jnp.asarray(length, jnp.float32)
+    decay = 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(step, length) / length))
+    return peak * ((1 - alpha) * decay + alpha)

@@ -4,7 +4,8 @@ A user's figure is the time from the command to the report, not images/s. Each p
 where it runs; the training steps are what is left of the loop once its validation and checkpoint
 saves are taken out, and `other` is what no phase claims between the start of the run's setup and
 its end (the split, the z-score statistics, writing files); imports, the workdir check and the
-start of JAX come before the clock starts.
+start of JAX come before the clock starts. Beside the phases: how many XLA programs the run
+compiled and in how many seconds (a fold that reuses the compiled steps compiles few).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+
+import jax
 
 TIMINGS_FILE = "timings.json"
 # In the order a run goes through them.
@@ -29,12 +32,26 @@ PHASES = (
 )
 
 
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # JAX's event for each XLA compilation
+_compiled = {"compiled_programs": 0, "compile_seconds": 0.0}  # in this process, since bcjax.phases was imported
+
+
+def _count_compilation(event: str, seconds: float, **kwargs) -> None:
+    if event == COMPILE_EVENT:
+        _compiled["compiled_programs"] += 1
+        _compiled["compile_seconds"] += seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compilation)
+
+
 class PhaseClock:
-    """Accumulates wall-clock seconds per phase since it was made."""
+    """Accumulates wall-clock seconds per phase since it was made, and counts the XLA compilations."""
 
     def __init__(self):
         self.started = time.perf_counter()
         self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._compiled_before = dict(_compiled)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -51,10 +68,16 @@ class PhaseClock:
 
     def to_json(self) -> dict[str, float]:
         total = time.perf_counter() - self.started
-        return {**self.seconds, "other": total - sum(self.seconds.values()), "total": total}
+        compiled = {k: v - self._compiled_before[k] for k, v in _compiled.items()}
+        return {**self.seconds, "other": total - sum(self.seconds.values()), "total": total, **compiled}
 
 
 def format_timings(timings: dict[str, float]) -> str:
-    """One line: the total, then each phase that took at least 0.05 s."""
-    shown = [f"{name.replace('_', ' ')} {s:.1f}s" for name, s in timings.items() if name != "total" and s >= 0.05]
-    return f"Wall clock {timings['total']:.1f}s: " + ", ".join(shown)
+    """One line: the total, each phase that took at least 0.05 s, then the compilations."""
+    phases = [name for name in timings if name not in ("total", *_compiled)]
+    shown = [f"{name.replace('_', ' ')} {timings[name]:.1f}s" for name in phases if timings[name] >= 0.05]
+    return (
+        f"Wall clock {timings['total']:.1f}s: "
+        + ", ".join(shown)
+        + f"; {timings['compiled_programs']:.0f} programs compiled in {timings['compile_seconds']:.1f}s"
+    )

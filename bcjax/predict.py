@@ -2,7 +2,9 @@
 
 Each PATH is a file, a folder (searched recursively for image files) or a glob. Every input path gets
 a CSV row (its status is 'ok' or why it failed) and the run's JSON summary goes beside the CSV;
-`--explain` adds Grad-CAM overlays, heatmaps and a grid figure. The Python API is `bcjax.predictor`.
+`--explain` adds Grad-CAM overlays, heatmaps and a grid figure. `--split=test` (or train, validation)
+predicts the run's own split instead, its images read from the image cache the run filled. The
+Python API is `bcjax.predictor`.
 
 Exit status: 0 when every path was predicted, 1 when any failed (each reason printed once on
 stderr), 2 when nothing could run (a workdir without a checkpoint, a bad flag).
@@ -35,7 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders (recursive) or globs")
+    parser.add_argument(
+        "--split",
+        choices=("train", "validation", "test"),
+        help="predict this side of the run's own split instead of PATHs (images from the run's image cache)",
+    )
     parser.add_argument("--workdir", required=True, help="the training run's --workdir")
     parser.add_argument("--checkpoint", default="best", help="best (default; latest if none), latest, or a step")
     parser.add_argument("--output", help="the CSV to write (default: RUN/predictions/predictions-NNN.csv)")
@@ -55,11 +62,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if bool(args.paths) == bool(args.split):
+        parser.error("give image PATHs or --split=train|validation|test (one of the two)")
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)  # orbax and TFDS log at INFO and WARNING on every read
-    from bcjax import image_files, prediction_files, predictor, preprocessing, runtime
+    from bcjax import image_files, input_pipeline, prediction_files, predictor, preprocessing, runtime
 
     runtime.enable_compilation_cache(runtime.default_cache_dir())
     from etils import epath
@@ -69,16 +79,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         explain_class = _class_id(args.explain_class, model.class_names)
         model.check_tta(args.tta)
         paths = prediction_files.output_paths(epath.Path(args.workdir), args.output, overwrite=args.overwrite)
+        start = time.perf_counter()
+        if args.split:
+            names, pixels = model.split_images(args.split)
+            options = dict(tta=args.tta, explain=args.explain, explain_class=explain_class, layer=args.explain_layer)
+            predictions, count = model.predict_pixels(names, pixels, **options), len(names)
+        else:
+            inputs = image_files.find_images(args.paths)
+            predictions, count = _results(model, inputs, args, explain_class), len(inputs)
     except (
         predictor.PredictorError,
         preprocessing.PreprocessingNotRecordedError,
         prediction_files.OutputExistsError,
+        input_pipeline.DataNotFoundError,
         ValueError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    inputs = image_files.find_images(args.paths)
-    results, seconds = _predict(model, inputs, paths, args, explain_class)
+    results = _write_results(model, predictions, count, paths, args)
+    seconds = time.perf_counter() - start
     report = prediction_files.summary(results, model.class_names, **_about(model, args, paths, seconds))
     prediction_files.write_summary(paths.summary, report)
     if args.explain and args.grid:
@@ -102,17 +121,17 @@ def _class_id(name: str | None, class_names: Sequence[str]) -> int | None:
     return list(class_names).index(name)
 
 
-def _predict(model, inputs, paths, args, explain_class):
-    """Predicts every found path, writing CSV rows (and explanations) as results arrive; (results, seconds)."""
+def _write_results(model, predictions, count: int, paths, args) -> list:
+    """Writes CSV rows (and explanations) as the `count` results of `predictions` arrive; the results."""
     from tqdm import tqdm
 
     from bcjax import prediction_files
 
-    start, results, shown = time.perf_counter(), [], 0
+    results, shown = [], 0
     handle, writer = prediction_files.open_csv(paths.csv)
-    with handle, tqdm(total=len(inputs), unit=" images", file=sys.stderr, disable=None) as bar:
+    with handle, tqdm(total=count, unit=" images", file=sys.stderr, disable=None) as bar:
         writer.writerow(prediction_files.csv_header(model.class_names, args.explain))
-        for number, result in enumerate(_results(model, inputs, args, explain_class)):
+        for number, result in enumerate(predictions):
             files = None
             if args.explain and result.ok:
                 files = [
@@ -127,7 +146,7 @@ def _predict(model, inputs, paths, args, explain_class):
             writer.writerow(prediction_files.csv_row(result, model.class_names, args.explain, files))
             results.append(result)
             bar.update(1)
-    return results, time.perf_counter() - start
+    return results
 
 
 def _results(model, inputs, args, explain_class):
@@ -164,6 +183,12 @@ def _about(model, args, paths, seconds) -> dict:
         "csv": str(paths.csv),
         "seconds": seconds,
     }
+    if args.split:
+        about["split"] = {
+            "side": args.split,
+            "name": model.config.data.split,
+            "params": model.config.data.split_kwargs.to_dict(),
+        }
     if args.explain:
         about["explanations"] = {
             "folder": str(paths.explanations),

@@ -25,10 +25,12 @@ from etils import epath
 from bcjax import checkpoint, explain, parallel, preprocessing
 from bcjax.components import build_model, build_steps
 from bcjax.datasets.breakhis import TARGET_CLASSES
+from bcjax.datasets.splits import SIDES
 from bcjax.image_files import ImageFileError, read_rgb
+from bcjax.lead_process import json_safe
 from bcjax.pretrained import ConversionError, check_fit
 from bcjax.steps import State
-from bcjax.workdir_guard import CHECKPOINTS_DIR
+from bcjax.workdir_guard import CHECKPOINTS_DIR, SPLIT_FILE
 
 # Views averaged by each test-time augmentation: none; the identity and the 3 flips (horizontal,
 # vertical, both = a half turn); d4: those and their transposes (the quarter turns), the 8 symmetries of a square.
@@ -138,17 +140,61 @@ class Predictor:
         size = self._images_per_batch(tta)
         with ThreadPoolExecutor(max_workers=threads or min(32, (os.cpu_count() or 1) + 4)) as pool:
             for chunk in _read_ahead(pool, paths, size, lambda path: self._read(path, keep=explain)):
-                yield from self._predict_chunk(chunk, tta, explain, explain_class, layer)
+                reads = [(path, future.result) for path, future in chunk]
+                yield from self._predict_chunk(reads, tta, explain, explain_class, layer)
+
+    def predict_split(self, side: str, **options) -> Iterator[FileResult]:
+        """One FileResult per image of the run's own `side` ('train', 'validation' or 'test'), named by its
+        path in the BreakHis archive (the `filename` of predictions.csv), in table order (that of the run's eval/<side>/predictions.csv). `options`: those
+        of `predict_pixels`. The images come from the image cache the run filled (decoded once,
+        preprocessed as in training; what it lacks is decoded); they are read before this returns."""
+        return self.predict_pixels(*self.split_images(side), **options)
+
+    def split_images(self, side: str) -> tuple[list[str], np.ndarray]:
+        """The file names and preprocessed pixels of the run's `side`, after checking that the split is
+        still the one the run trained on (its split.json)."""
+        from bcjax import input_pipeline, train  # the data stack (TFDS, grain) only for this mode
+
+        if side not in SIDES:
+            raise ValueError(f"unknown split side {side!r}; choose one of {', '.join(SIDES)}")
+        recorded = json.loads((self.workdir / SPLIT_FILE).read_text())["sides"][side]
+        split, cache = input_pipeline.load_side(train.input_config(self.config, self.workdir, None), side)
+        if json_safe(split.to_json_dict()["sides"][side]) != recorded:
+            raise PredictorError(
+                f"the {side} split of {self.config.data.dataset} in {self.config.data.data_dir} is not the one "
+                f"{self.workdir} trained on (its {SPLIT_FILE}): the dataset changed since; predict its files instead"
+            )
+        rows = getattr(split, side)
+        return [str(name) for name in split.table.filename[rows]], cache.images[np.searchsorted(cache.rows, rows)]
+
+    def predict_pixels(
+        self,
+        names: Sequence[str],
+        pixels: np.ndarray,
+        *,
+        tta: str = "none",
+        explain_class: int | None = None,
+        explain: bool = False,
+        layer: str | None = None,
+    ) -> Iterator[FileResult]:
+        """One FileResult per already preprocessed image (`prepare`'s output, e.g. `split_images`'), named `names`."""
+        self.check_tta(tta)
+        size = self._images_per_batch(tta)
+        for start in range(0, len(names), size):
+            chunk = range(start, min(start + size, len(names)))
+            reads = [(names[i], lambda p=pixels[i]: (p, p if explain else None)) for i in chunk]
+            yield from self._predict_chunk(reads, tta, explain, explain_class, layer)
 
     def _read(self, path: str, keep: bool) -> tuple[np.ndarray, np.ndarray | None]:
         rgb = read_rgb(path)
         return self.prepare(rgb), (rgb if keep else None)
 
     def _predict_chunk(self, chunk, tta, explain, explain_class, layer) -> list[FileResult]:
+        """`chunk`: (name, read) pairs, `read()` giving (pixels, RGB or None) or raising ImageFileError."""
         results, read = [], []
-        for path, future in chunk:
+        for path, read_one in chunk:
             try:
-                pixels, rgb = future.result()
+                pixels, rgb = read_one()
             except ImageFileError as error:
                 results.append(FileResult(path, str(error)))
                 continue
@@ -273,7 +319,7 @@ def _restore(workdir: epath.Path, config: ml_collections.ConfigDict, name: str, 
             )
         except ConversionError as error:
             raise PredictorError(str(error)) from error
-        return step, checkpoints.restore(step, checkpoint.abstract(state))
+        return step, checkpoints.restore(step, state)
     finally:
         checkpoints.close()
 

@@ -2,8 +2,13 @@
 
 `train_step` and `eval_step` are plain functions of (task, state, inputs), so tests and benchmarks
 call the very functions the trainer runs. The state is a plain pytree (`params`, the model's
-other variables, optimizer state, step), so one `jax.jit` with explicit shardings and donation
-compiles the whole step; the host only syncs at log, evaluation and checkpoint intervals.
+other variables, optimizer state, step, and the run's `constants`), so one `jax.jit` with
+explicit shardings and donation compiles the whole step; the host only syncs at log, evaluation
+and checkpoint intervals.
+
+The numbers that differ between runs of one config (the normaliser's statistics, the schedule's
+length) are `constants` in the state, not in the program: recipe B's five folds, whose z-score
+statistics and lengths differ, run the same compiled steps (`build_steps(..., reuse=steps)`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -30,30 +36,42 @@ class Task:
     """What a step computes besides the state and the batch: the model's graph, optimizer, loss, inputs."""
 
     graphdef: nnx.GraphDef
-    tx: optax.GradientTransformation
+    optimizer: Callable[[Any], optax.GradientTransformation]  # the run's length (maybe traced) -> its optimizer
     loss_fn: losses.LossFn
-    normalizer: Normalizer  # uint8 pixels -> model inputs, on the device
+    normalizer: Normalizer  # uint8 pixels -> model inputs, on the device; its statistics are the state's constants
     target: str  # the batch key of the labels: 'label' or 'tumor_type'
 
 
-def initial_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, State]:
-    """Splits the model into a static graph and the pytree state the steps carry."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = {"params": params, "rest": rest, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-    return graphdef, state
+def run_constants(normalizer: Normalizer, total_steps: int) -> dict[str, Any]:
+    """What a step reads of one run besides its config: the state's `constants`."""
+    return {"normalizer": normalizer.statistics(), "total_steps": np.int32(total_steps)}
 
 
-def forward(task: Task, params, rest, images: jax.Array, *, train: bool, frozen: bool = False):
+def initial_state(model: nnx.Module, task: Task, constants: dict[str, Any]) -> State:
+    """The pytree state the steps carry, from the model's variables (its graph is `task.graphdef`)."""
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    opt_state = task.optimizer(constants["total_steps"]).init(params)
+    return {
+        "params": params,
+        "rest": rest,
+        "opt_state": opt_state,
+        "step": jnp.zeros((), jnp.int32),
+        "constants": constants,
+    }
+
+
+def forward(task: Task, state: State, params, images: jax.Array, *, train: bool, frozen: bool = False):
     """Logits of `images` and the model's updated non-parameter state (batch-norm statistics).
 
-    `frozen` keeps the backbone in evaluation mode: its batch-norm statistics neither update
-    nor normalise with the batch's own, as while the backbone is frozen.
+    `params` are the state's (or what a gradient is taken of). `frozen` keeps the backbone in
+    evaluation mode: its batch-norm statistics neither update nor normalise with the batch's
+    own, as while the backbone is frozen.
     """
-    model = nnx.merge(task.graphdef, params, rest, copy=True)
+    model = nnx.merge(task.graphdef, params, state["rest"], copy=True)
     model.train() if train else model.eval()
     if frozen:
         model.backbone.eval()
-    logits = model(task.normalizer(images))
+    logits = model(task.normalizer.apply(images, state["constants"]["normalizer"]))
     return logits, nnx.state(model, nnx.Not(nnx.Param))
 
 
@@ -63,16 +81,18 @@ def train_step(task: Task, state: State, inputs, *, frozen: bool = False) -> tup
     labels = batch[task.target]
 
     def loss_of(params):
-        logits, rest = forward(task, params, state["rest"], batch["image"], train=True, frozen=frozen)
+        logits, rest = forward(task, state, params, batch["image"], train=True, frozen=frozen)
         return task.loss_fn(logits, labels).mean(), (logits, rest)
 
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
-    updates, opt_state = task.tx.update(grads, state["opt_state"], state["params"])
+    tx = task.optimizer(state["constants"]["total_steps"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {
         "params": optax.apply_updates(state["params"], updates),
         "rest": rest,
         "opt_state": opt_state,
         "step": state["step"] + 1,
+        "constants": state["constants"],
     }
     correct = losses.predictions(logits) == labels
     return new_state, {"loss": loss, "accuracy": correct.mean(), "grad_norm": optax.tree.norm(grads)}
@@ -87,7 +107,7 @@ def all_finite(tree) -> jax.Array:
 
 def eval_step(task: Task, state: State, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Per-image probabilities and losses of a (padded, masked) evaluation batch."""
-    logits, _ = forward(task, state["params"], state["rest"], batch["image"], train=False)
+    logits, _ = forward(task, state, state["params"], batch["image"], train=False)
     return {
         "probabilities": losses.probabilities(logits),
         "loss": task.loss_fn(logits, batch[task.target]),

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
+from flax import nnx
 from jax.experimental import multihost_utils
 
 from bcjax import checkpoint, evaluation, input_pipeline, metrics, optimizers, parallel, plots, report_text
@@ -28,7 +29,7 @@ from bcjax.datasets import synthetic
 from bcjax.device_data import DeviceData, fits_on_device
 from bcjax.lead_process import is_lead, run_on_lead, write_json
 from bcjax.metric_writer import MetricWriter
-from bcjax.normalization import normalization_for_preprocessing
+from bcjax.normalization import channel_sums, normalization_for_preprocessing, statistics_of_sums
 from bcjax.phases import TIMINGS_FILE, PhaseClock, format_timings
 from bcjax.preprocessing import Preprocessing
 from bcjax.progress import Throughput, progress_line
@@ -83,25 +84,48 @@ def _synthetic_source(spec: ml_collections.ConfigDict, workdir: epath.Path) -> d
     return {"manual_dir": str(manual), "data_dir": str(root / "tfds"), "dataset": "breakhis/custom"}
 
 
-def load_data(config: input_pipeline.InputConfig, clock: PhaseClock | None = None) -> input_pipeline.InputData:
-    """This process's share of the data; z-score statistics averaged over processes."""
-    data = input_pipeline.load(
-        config, process_index=jax.process_index(), process_count=jax.process_count(), progress=is_lead(), clock=clock
-    )
-    if config.normalization == "zscore" and jax.process_count() > 1:
-        stats = np.asarray([data.normalizer.mean, data.normalizer.std], np.float32)
-        mean, std = multihost_utils.process_allgather(stats).mean(0)
-        data.normalizer = dataclasses.replace(data.normalizer, mean=tuple(map(float, mean)), std=tuple(map(float, std)))
-    return data
-
-
-def place_training_data(
+def load_data(
     config: ml_collections.ConfigDict,
-    data: input_pipeline.InputData,
+    data_config: input_pipeline.InputConfig,
     mesh: jax.sharding.Mesh,
     workdir: epath.Path,
-) -> DeviceData | None:
-    """The training images on the devices when `config.data.device_resident` says so; None for the host path.
+    clock: PhaseClock | None = None,
+) -> tuple[input_pipeline.InputData, bool]:
+    """This process's share of the data, and whether the training images go on the devices.
+
+    The choice is made before any image is decoded (`choose_device_path`), so that on the device
+    path each process decodes only its own devices' shard of the training images. z-score
+    statistics are pooled over the processes.
+    """
+    resident = []
+
+    def training_share(rows: np.ndarray, capacity: input_pipeline.TrainCapacity) -> np.ndarray | None:
+        resident.append(choose_device_path(config, capacity, data_config, mesh, workdir))
+        return _on_local_devices(rows, capacity, mesh) if resident[0] and jax.process_count() > 1 else None
+
+    data = input_pipeline.load(
+        data_config,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        progress=is_lead(),
+        clock=clock,
+        training_share=training_share,
+    )
+    if data_config.normalization == "zscore" and jax.process_count() > 1:
+        held = data.cache.images[np.searchsorted(data.cache.rows, data.held_train)]
+        mean, std = statistics_of_sums(_gathered_float64(channel_sums(held)).sum(0))
+        data.normalizer = dataclasses.replace(data.normalizer, mean=mean, std=std)
+    return data, resident[0]
+
+
+def choose_device_path(
+    config: ml_collections.ConfigDict,
+    capacity: input_pipeline.TrainCapacity,
+    data_config: input_pipeline.InputConfig,
+    mesh: jax.sharding.Mesh,
+    workdir: epath.Path,
+) -> bool:
+    """Whether the training images go on the devices, as `config.data.device_resident` says.
 
     'auto' puts them there when every process's devices have room (`fits_on_device`). The
     choice is kept in the workdir (DATA_PATH_CHOICE_FILE), so that a resume (even on another
@@ -109,8 +133,7 @@ def place_training_data(
     iterator is saved.
     """
     setting = config.data.device_resident
-    images = len(np.unique(data.train_rows))
-    per_device = -(-images // mesh.devices.size) * data.cache.images[0].nbytes
+    per_device = -(-capacity.images // mesh.devices.size) * data_config.height * data_config.width * 3
     record = workdir / DATA_PATH_CHOICE_FILE
     if setting == "auto" and record.exists():
         setting = json.loads(record.read_text())["device_resident"]
@@ -120,10 +143,26 @@ def place_training_data(
         record,
         {"device_resident": bool(setting), "setting": config.data.device_resident, "bytes_per_device": per_device},
     )
-    if not setting:
-        return None
-    _print(f"Training images on the devices: {images} images, {per_device / 2**20:.1f} MiB per device")
-    return data.on_devices(config.batch_size, mesh)
+    if setting:
+        _print(f"Training images on the devices: {capacity.images} images, {per_device / 2**20:.1f} MiB per device")
+    return bool(setting)
+
+
+def _on_local_devices(rows: np.ndarray, capacity: input_pipeline.TrainCapacity, mesh: jax.sharding.Mesh) -> np.ndarray:
+    """The distinct training `rows` whose images this process's devices hold on the device path."""
+    padded = input_pipeline.resident_rows(rows, capacity, mesh.devices.size)
+    shards = parallel.batch_sharding(mesh).addressable_devices_indices_map(padded.shape).values()
+    positions = np.unique(np.concatenate([np.arange(len(padded))[index[0]] for index in shards]))
+    return padded[positions[positions < len(rows)]]
+
+
+def _gathered_float64(values: np.ndarray) -> np.ndarray:
+    """Every process's float64 `values`, stacked; sent as two float32 parts (JAX without x64 has no
+    float64), so that sums of a dataset's pixels keep ~14 digits instead of float32's 7."""
+    high = values.astype(np.float32)
+    low = (values - high).astype(np.float32)
+    parts = multihost_utils.process_allgather(np.stack([high, low]))
+    return parts[:, 0].astype(np.float64) + parts[:, 1]
 
 
 def _on_every_process(flag: bool) -> bool:
@@ -134,6 +173,15 @@ def _on_every_process(flag: bool) -> bool:
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What the folds of one command build once: the model (its initial weights) and the compiled steps."""
+
+    model: nnx.Module
+    pretrained: dict | None  # the metadata of the backbone's pretrained weights
+    steps: Steps
 
 
 @dataclasses.dataclass
@@ -152,6 +200,7 @@ class Run:
     writer: MetricWriter
     validators: list  # evaluators run at every evaluation interval
     clock: PhaseClock  # seconds per phase, written to timings.json
+    built: Built
 
     def next_inputs(self) -> Any:
         """The next training batch as global arrays, or the device-resident data the step draws from."""
@@ -160,25 +209,37 @@ class Run:
         return parallel.to_global(next(self.train_iter), self.mesh)
 
 
-def prepare_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[Run, State]:
-    """Builds the model, data, steps, checkpoints and writer of a run; the state is not restored yet."""
+def prepare_run(
+    config: ml_collections.ConfigDict, workdir: epath.Path, built: Built | None = None
+) -> tuple[Run, State]:
+    """Builds the model, data, steps, checkpoints and writer of a run; the state is not restored yet.
+
+    `built`: another fold's model and steps (same config but the fold), which this run reuses:
+    its fresh state starts from the same weights and runs the same compiled programs.
+    """
     clock = PhaseClock()
     mesh = parallel.make_mesh()
     with clock.phase("model"):
-        model, pretrained = build_model(config)
-    if pretrained is None:
+        model, pretrained = build_model(config) if built is None else (built.model, built.pretrained)
+    if pretrained is None and built is None:
         _print(
             "Note: model.init_from is not set, so the backbone starts from random weights; the published "
             "recipes fine-tune ImageNet weights (README: 'Models and pretrained ImageNet weights')."
         )
-    data = load_data(input_config(config, workdir, pretrained), clock)
+    data, resident = load_data(config, input_config(config, workdir, pretrained), mesh, workdir, clock)
     setup = time.perf_counter()
     write_json(workdir / SPLIT_FILE, data.split.to_json_dict())
     write_json(workdir / PREPROCESSING_FILE, Preprocessing.of_input(data.config, data.normalizer).to_json())
     schedule = make_schedule(config, len(data.split.train))
-    on_devices = place_training_data(config, data, mesh, workdir)
+    on_devices = data.on_devices(config.batch_size, mesh) if resident else None
     steps, state = build_steps(
-        config, mesh, normalizer=data.normalizer, total_steps=schedule.total_steps, model=model, device_data=on_devices
+        config,
+        mesh,
+        normalizer=data.normalizer,
+        total_steps=schedule.total_steps,
+        model=model,
+        device_data=on_devices,
+        reuse=built.steps if built else None,
     )
     checkpoints = checkpoint.Checkpoints(
         workdir / CHECKPOINTS_DIR,
@@ -198,6 +259,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple
         writer=MetricWriter(workdir),
         validators=evaluation.validation_evaluators(config, data, steps, mesh),
         clock=clock,
+        built=Built(model, pretrained, steps),
     )
     clock.add("setup", time.perf_counter() - setup)
     return run, state
@@ -213,15 +275,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _all_folds(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
-    """Spanhol's protocol: every fold of `patient_kfold` (or `image_kfold`) in `fold_<i>/`, then mean +- std."""
+    """Spanhol's protocol: every fold of `patient_kfold` (or `image_kfold`) in `fold_<i>/`, then mean +- std.
+
+    The folds share the decoded images (the image cache), the model and the compiled steps.
+    """
     start = time.perf_counter()
-    reports_by_fold, timings_by_fold = [], []
+    reports_by_fold, timings_by_fold, built = [], [], None
     for fold in range(config.data.split_kwargs.k):
         fold_config = config.copy_and_resolve_references()
         with fold_config.unlocked():
             fold_config.data.all_folds = False
             fold_config.data.split_kwargs.fold = fold
-        results, timings = _train_and_evaluate_one(fold_config, workdir / f"fold_{fold}")
+        results, timings, built = _train_and_evaluate_one(fold_config, workdir / f"fold_{fold}", built)
         if not results:  # stopped by SIGTERM: the same command resumes this fold
             return {}
         reports_by_fold.append(results["test"])
@@ -236,10 +301,13 @@ def _all_folds(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     return {"folds": reports_by_fold, "summary": summary}
 
 
-def _train_and_evaluate_one(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[dict, dict]:
-    """The test report(s) of one run (empty when stopped by SIGTERM) and its seconds per phase."""
+def _train_and_evaluate_one(
+    config: ml_collections.ConfigDict, workdir: epath.Path, built: Built | None = None
+) -> tuple[dict, dict, Built]:
+    """The test report(s) of one run (empty when stopped by SIGTERM), its seconds per phase and
+    what the next fold can reuse (`prepare_run`)."""
     resuming = check_workdir(workdir, config)
-    run, state = prepare_run(config, workdir)
+    run, state = prepare_run(config, workdir, built)
     with run.clock.phase("checkpoints"):
         state = _resume(run, state, resuming)
     try:
@@ -248,21 +316,21 @@ def _train_and_evaluate_one(config: ml_collections.ConfigDict, workdir: epath.Pa
         run.writer.close()
     if final is None:  # stopped by SIGTERM, after saving
         run.checkpoints.close()
-        return {}, run.clock.to_json()
+        return {}, run.clock.to_json(), run.built
     with run.clock.phase("checkpoints"):
         state = _state_to_evaluate(run, final)
     results = _final_evaluation(run, state)
     timings = run.clock.to_json()
     write_json(workdir / TIMINGS_FILE, timings)
     _print(format_timings(timings) + f" ({TIMINGS_FILE})")
-    return results, timings
+    return results, timings, run.built
 
 
 def _resume(run: Run, state: State, resuming: bool) -> State:
     """The latest checkpoint's state (and host iterator), with the metrics past it dropped."""
     latest = run.checkpoints.latest_step()
     if latest is not None:
-        state = run.checkpoints.restore(latest, checkpoint.abstract(state), run.train_iter)
+        state = run.checkpoints.restore(latest, state, run.train_iter)
         run.writer.truncate_after(latest)
         _print(f"Resumed from step {latest} in {run.workdir}")
     elif resuming:
@@ -274,7 +342,7 @@ def _state_to_evaluate(run: Run, state: State) -> State:
     """The best checkpoint's state when `evaluation.use_best` and it is not the last; closes the checkpoints."""
     best = run.checkpoints.best_step()
     if run.config.evaluation.use_best and best is not None and best != run.schedule.total_steps:
-        state = run.checkpoints.restore(best, checkpoint.abstract(state))
+        state = run.checkpoints.restore(best, state)
         _print(f"Evaluating the best checkpoint (step {best}, {run.config.best_metric})")
     run.checkpoints.close()
     return state

@@ -20,7 +20,7 @@ from bcjax.metric_writer import METRICS_FILE, TENSORBOARD_DIR
 
 # Fields that may change between runs of one workdir without changing the run.
 RESUMABLE_FIELDS = ("restart",)
-# Records the run's choice between the device-resident and the host data path (train.place_training_data);
+# Records the run's choice between the device-resident and the host data path (train.choose_device_path);
 # a resume keeps that choice, a restart forgets it.
 DATA_PATH_CHOICE_FILE = "data_path.json"
 CHECKPOINTS_DIR = "checkpoints"

@@ -98,7 +98,10 @@ def bcjax_rates(workdir: Path, files: list[str], out: Path) -> tuple[dict[str, f
             args = predict._parser().parse_args([f"--workdir={workdir}", f"--output={csv_path}", *flags, "x"])
             start = time.perf_counter()
             paths = prediction_files.OutputPaths.beside(Path(csv_path))
-            results, _ = predict._predict(model, image_files.find_images(chosen), paths, args, None)
+            inputs = image_files.find_images(chosen)
+            results = predict._write_results(
+                model, predict._results(model, inputs, args, None), len(inputs), paths, args
+            )
             seconds = time.perf_counter() - start
         rates[name] = len(files) / seconds
         if name == "bcjax":

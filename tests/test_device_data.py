@@ -45,9 +45,16 @@ def test_batches_do_not_depend_on_the_devices(data):
             assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
 
 
-def test_an_epoch_draws_every_training_row_once_with_its_labels(data):
+@pytest.mark.parametrize("padding", [0, 13])
+def test_an_epoch_draws_every_training_row_once_with_its_labels(data, padding):
+    """Also with the arrays padded past the training set (as for the largest of several folds):
+    the padding is never drawn."""
     rows = data.train_rows
     assert len(np.unique(rows)) < len(rows)  # balancing repeats rows
+    own = input_pipeline.train_capacity([rows])
+    data = dataclasses.replace(
+        data, capacity=input_pipeline.TrainCapacity(own.images + padding, own.rows + padding, own.rows - padding)
+    )
     batches = _batches(data, jax.devices(), len(rows) // 8 + 2)  # the last batches run into the next epoch
     index = np.concatenate([b["index"] for b in batches])
     assert sorted(index[: len(rows)]) == sorted(rows)
@@ -102,11 +109,11 @@ def test_auto_keeps_the_path_the_workdir_chose(data, prepared_data_dir, tmp_path
     assert config.data.device_resident == "auto"
     mesh = parallel.make_mesh()
     workdir = epath.Path(tmp_path)
-    assert train.place_training_data(config, data, mesh, workdir) is not None  # room on the devices
+    assert train.choose_device_path(config, data.capacity, data.config, mesh, workdir)  # room on the devices
     record = workdir / workdir_guard.DATA_PATH_CHOICE_FILE
     assert json.loads(record.read_text())["device_resident"] is True
     record.write_text(json.dumps({"device_resident": False}))  # as if chosen on a machine without room
-    assert train.place_training_data(config, data, mesh, workdir) is None
+    assert not train.choose_device_path(config, data.capacity, data.config, mesh, workdir)
 
 
 def test_device_path_steps_never_touch_the_host_and_donate_the_state(data, prepared_data_dir):

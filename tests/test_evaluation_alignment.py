@@ -128,23 +128,27 @@ from etils import epath
 from test_evaluation_alignment import EVAL_BATCH, Probe, config_of
 from bcjax import components, evaluation, parallel, train
 config = config_of({data_dir!r})
-data = train.load_data(train.input_config(config, None, None))
 mesh = parallel.make_mesh()
 assert mesh.devices.size == 8 and jax.process_count() == 2
+workdir = epath.Path({out!r}) / "process_{process}"
+workdir.mkdir()
+data, resident = train.load_data(config, train.input_config(config, None, None), mesh, workdir)
 steps, state = components.build_steps(config, mesh, normalizer=data.normalizer, total_steps=1, model=Probe())
 evaluator = evaluation.EvaluationReport(
     "test", data, steps, mesh, EVAL_BATCH, directory=epath.Path({out!r}), bootstrap_samples=10, seed=0
 )
 report = evaluator.run(state)
-print("RESULT " + json.dumps({{"mean": data.normalizer.mean, "std": data.normalizer.std,
-                               "images": report["images"], "local_rows": len(data.cache.rows)}}))
+print("RESULT " + json.dumps({{"mean": data.normalizer.mean, "std": data.normalizer.std, "resident": resident,
+                               "images": report["images"], "local_rows": len(data.cache.rows),
+                               "held_train": data.held_train.tolist()}}))
 """
 
 
 def test_two_processes_z_score_and_predictions_csv(data, prepared_data_dir, tmp_path):
-    """2 processes x 4 devices: `train.load_data` averages the processes' z-score statistics, which
-    must equal the statistics of all training images (and nothing else); predictions.csv, written by
-    process 0 from both processes' padded shards, holds each image's own probabilities."""
+    """2 processes x 4 devices on the device path: each process decodes only its own devices' half of
+    the training images; `train.load_data` pools the processes' z-score sums, which must give the
+    statistics of all training images (and nothing else); predictions.csv, written by process 0 from
+    both processes' padded shards, holds each image's own probabilities."""
     address = f"127.0.0.1:{trainer_runs.free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     processes = [
@@ -178,14 +182,18 @@ def test_two_processes_z_score_and_predictions_csv(data, prepared_data_dir, tmp_
                 process.kill()
     assert results[0]["mean"] == results[1]["mean"] and results[0]["std"] == results[1]["std"]
     assert all(r["images"] == len(data.split.test) for r in results)
-    # Each process decoded every training image and only its half of the evaluation images.
+    # Each process decoded its half of the training images and of the evaluation images, no more.
+    halves = [set(r["held_train"]) for r in results]
+    assert all(r["resident"] for r in results) and not halves[0] & halves[1]
+    assert halves[0] | halves[1] == set(np.unique(data.split.train).tolist())
     for p, result in enumerate(results):
         shards = [input_pipeline.host_shard(getattr(data.split, side), p, 2) for side in ("validation", "test")]
-        assert result["local_rows"] == len(np.unique(data.split.train)) + sum(map(len, shards))
+        assert result["local_rows"] == len(halves[p]) + sum(map(len, shards))
     train_pixels = data.cache.images[np.searchsorted(data.cache.rows, np.unique(data.split.train))]
     pixels = train_pixels.reshape(-1, 3) / 255.0
-    # The averaged statistics went through float32 (train.load_data's allgather): 1e-6.
-    np.testing.assert_allclose(results[0]["mean"], pixels.mean(0), rtol=1e-6)
-    np.testing.assert_allclose(results[0]["std"], pixels.std(0), rtol=1e-6)
+    # The pooled sums went through two float32 parts each (train.load_data's allgather), and the std
+    # subtracts two of them: 1e-10 (measured 3e-12; a float32 allgather would miss by ~1e-7).
+    np.testing.assert_allclose(results[0]["mean"], pixels.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(results[0]["std"], pixels.std(0), rtol=1e-10)
     normalizer = normalization.Normalizer("zscore", tuple(results[0]["mean"]), tuple(results[0]["std"]), scale=1 / 255)
     check_predictions_csv(tmp_path / "predictions.csv", data, normalizer)

@@ -251,8 +251,8 @@ def test_zscore_statistics_come_from_the_training_images_only(zscore_loads):
 
 
 def test_zscore_statistics_are_the_same_in_every_process(zscore_loads):
-    """`train.load_data` averages the processes' statistics: that is the statistics of all training
-    images only because every process computes them over every training image. Check both."""
+    """Without a training share (the host path) every process holds every training image, so each
+    computes the statistics of all of them, and its evaluation shard alone. Check both."""
     one = zscore_loads[0, 1]
     train = np.unique(one.split.train)
     shards = []

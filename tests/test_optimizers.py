@@ -122,6 +122,37 @@ def test_schedule_values(fields, expected):
     np.testing.assert_allclose(list(got.values()), [2.0 * v for v in expected.values()], rtol=1e-5)
 
 
+@pytest.mark.parametrize("schedule, warmup", [("cosine", 0), ("warmup_cosine", 3)])
+def test_one_compiled_update_serves_runs_of_any_length(schedule, warmup):
+    """The run's length is an input of the step (recipe B's folds share one program); its updates
+    are those of the optimizer built for that length, whose schedule is optax's own."""
+    config = _config(
+        name="sgd", learning_rate=1.0, schedule=schedule, warmup_steps=warmup, end_learning_rate_factor=0.1
+    )
+    params, grads = _params(), _ones(_params())
+    traces = []
+
+    def update(state, total_steps):
+        traces.append(total_steps)
+        return optimizers.make_optimizer(config, total_steps).update(grads, state, params)[0]
+
+    compiled = jax.jit(update)
+    reference = {
+        "cosine": lambda total: optax.cosine_decay_schedule(1.0, total, alpha=0.1),
+        "warmup_cosine": lambda total: optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total, end_value=0.1),
+    }[schedule]
+    for total in (10, 17):
+        tx = optimizers.make_optimizer(config, total)
+        state = tx.init(params)
+        for step in range(total + 2):
+            expected = tx.update(grads, state, params)[0]
+            got = compiled(state, np.int32(total))  # compiled: cos may differ from the eager one in the last bit
+            jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), got, expected)
+            np.testing.assert_allclose(-expected["head"]["bias"][0], reference(total)(step), rtol=1e-6)
+            state = tx.update(grads, state, params)[1]
+    assert len(traces) == 1
+
+
 def test_the_optimizer_follows_the_schedule():
     config = _config(name="sgd", learning_rate=1.0, schedule="warmup_constant", warmup_steps=4)
     history = _trajectory(config, 3)

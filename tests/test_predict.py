@@ -64,6 +64,37 @@ def test_the_runs_test_pngs_reproduce_its_predictions_csv(run, predictor):
     np.testing.assert_allclose(arrays, expected[:5], rtol=0, atol=1e-5)
 
 
+def test_the_runs_own_split_comes_from_the_image_cache_and_reproduces_its_predictions_csv(run, tmp_path, capsys):
+    """`--split=test`: the run's own test images, read from the image cache its training filled (nothing
+    decoded), give the rows of eval/test/predictions.csv, in its order; the summary scores them."""
+    workdir, _, rows = run
+    output = tmp_path / "split.csv"
+    assert predict.main([f"--workdir={workdir}", "--split=test", f"--output={output}"]) == 0
+    assert "Decoding" not in capsys.readouterr().err
+    with open(output) as f:
+        predicted = list(csv.DictReader(f))
+    assert [r["path"] for r in predicted] == [row["filename"] for row in rows]
+    names = Predictor.from_workdir(workdir).class_names
+    np.testing.assert_allclose(_expected(predicted, names), _expected(rows, names), rtol=0, atol=1e-5)
+    summary = json.loads(output.with_suffix(".json").read_text())
+    report = json.loads((workdir / "eval" / "test" / "report.json").read_text())
+    assert summary["breakhis_names"]["accuracy"] == pytest.approx(report["overall"]["accuracy"])
+
+
+def test_a_split_the_run_did_not_train_on_and_bad_usage_end_in_one_message(run, tmp_path, capsys):
+    changed = tmp_path / "changed"
+    shutil.copytree(run[0], changed, ignore=shutil.ignore_patterns("predictions", "eval"))
+    split = json.loads((changed / "split.json").read_text())
+    split["sides"]["test"]["images"] += 1  # as if the dataset had been rebuilt with more images
+    (changed / "split.json").write_text(json.dumps(split))
+    assert predict.main([f"--workdir={changed}", "--split=test"]) == 2
+    assert "is not the one" in capsys.readouterr().err
+    for arguments in ([], ["--split=test", run[1][0]]):
+        with pytest.raises(SystemExit) as stop:
+            predict.main([f"--workdir={run[0]}", *arguments])
+        assert stop.value.code == 2 and "one of the two" in capsys.readouterr().err
+
+
 def test_tta_averages_the_eval_step_over_the_flips_and_the_eight_symmetries(run, predictor):
     """d4's views are the 8 rotations and flips of a square (flips: the first 4), and the TTA probability is
     the mean of the eval step's probabilities of each view."""

@@ -72,10 +72,13 @@ def test_run_writes_every_artifact(finished_run):
     assert [r["step"] for r in records if "train/loss" in r] == list(range(1, config.total_steps + 1))
     assert any("validation/accuracy" in r for r in records)
     timings = json.loads((workdir / "timings.json").read_text())
-    assert list(timings) == [*phases.PHASES, "other", "total"]
+    assert list(timings) == [*phases.PHASES, "other", "total", "compiled_programs", "compile_seconds"]
     for name in ("model", "dataset", "images", "setup", "first_step", "training_steps", "validation", "checkpoints"):
         assert timings[name] > 0, name
-    assert timings["other"] >= 0 and timings["total"] == pytest.approx(sum(timings.values()) - timings["total"])
+    assert timings["other"] >= 0 and timings["total"] == pytest.approx(
+        sum(timings[k] for k in (*phases.PHASES, "other"))
+    )
+    assert timings["compiled_programs"] > 0 and 0 < timings["compile_seconds"] < timings["total"]
 
 
 def _mean_cross_entropy(predictions_csv) -> float:
@@ -357,13 +360,19 @@ def test_all_folds_report_mean_and_std(prepared_data_dir, tmp_path, capsys):
     config = tiny_config.get_config(str(prepared_data_dir))
     config.data.all_folds = True
     config.data.split_kwargs.k = 2
-    config.total_steps, config.evaluation.splits = 2, ("test",)
+    config.evaluation.splits = ("test",)
     config.data.image_cache_dir = str(tmp_path / "image_cache")
+    # Each fold's own z-score statistics, training set and so schedule length: none of them recompiles.
+    config.data.normalization, config.optimizer.schedule, config.data.device_resident = "zscore", "cosine", True
+    config.total_steps, config.steps_per_epoch, config.num_epochs = None, None, 1
     results = train.train_and_evaluate(config, str(tmp_path))
     decoded = re.findall(r"Decoding \d+ images[^\r\n]*100%", capsys.readouterr().err)
     assert len(decoded) == 1  # fold 0 decodes; fold 1 reads fold 0's images from the cache
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert len(timings["folds"]) == 2 and timings["images"] == pytest.approx(sum(f["images"] for f in timings["folds"]))
+    splits = [json.loads((tmp_path / f"fold_{i}" / "split.json").read_text())["sides"] for i in range(2)]
+    assert splits[0]["train"]["images"] != splits[1]["train"]["images"]
+    assert timings["folds"][0]["compiled_programs"] > 0 and timings["folds"][1]["compiled_programs"] == 0
     summary = json.loads((tmp_path / "folds_summary.json").read_text())
     assert summary["folds"] == 2 and len(results["folds"]) == 2
     accuracies = [tr.report(tmp_path / f"fold_{i}")["overall"]["accuracy"] for i in range(2)]

@@ -152,8 +152,8 @@ def _jax_peak_mb() -> float | None:
 def _forward_loss(task: Task) -> Callable:
     """The jitted training-mode loss alone: `bcjax.steps.forward`, the step's own forward pass."""
 
-    def loss_of(params, rest, images: jax.Array, labels: jax.Array) -> jax.Array:
-        logits, _ = forward(task, params, rest, images, train=True)
+    def loss_of(state: State, images: jax.Array, labels: jax.Array) -> jax.Array:
+        logits, _ = forward(task, state, state["params"], images, train=True)
         return task.loss_fn(logits, labels).mean()
 
     return jax.jit(loss_of)
@@ -167,9 +167,7 @@ def breakdown(
     sync = jax.block_until_ready
     times = {
         "transfer_s": timing.mean_seconds(lambda: parallel.to_global(batch, mesh), reps, sync),
-        "forward_s": timing.mean_seconds(
-            lambda: loss(state["params"], state["rest"], on_devices["image"], on_devices["label"]), reps, sync
-        ),
+        "forward_s": timing.mean_seconds(lambda: loss(state, on_devices["image"], on_devices["label"]), reps, sync),
     }
     holder = [state]  # the step donates its state: each call takes the last one's
 
