@@ -145,9 +145,9 @@ class Predictor:
 
     def predict_split(self, side: str, **options) -> Iterator[FileResult]:
         """One FileResult per image of the run's own `side` ('train', 'validation' or 'test'), named by its
-        path in the BreakHis archive (the `filename` of predictions.csv), in table order (that of the run's eval/<side>/predictions.csv). `options`: those
-        of `predict_pixels`. The images come from the image cache the run filled (decoded once,
-        preprocessed as in training; what it lacks is decoded); they are read before this returns."""
+        path in the archive and in the order of the run's eval/<side>/predictions.csv. `options`: those of
+        `predict_pixels`. The images come from the image cache the run filled (decoded once, preprocessed
+        as in training; what it lacks is decoded); they are read before this returns."""
         return self.predict_pixels(*self.split_images(side), **options)
 
     def split_images(self, side: str) -> tuple[list[str], np.ndarray]:
