@@ -442,8 +442,8 @@ class InputData:
         """The training images on `mesh`, split over its `data` axis (`shard`) or a copy on every device.
 
         The arrays are padded to `capacity`, the largest of the protocol's folds, so that every
-        fold's train step has the same shapes; padding rows repeat the last image and are never
-        drawn. Each process fills its own devices' shards, so its cache needs only their images.
+        fold's train step has the same shapes; the padding (black images) is never drawn. Each
+        process fills its own devices' shards, so its cache needs only their images.
         """
         capacity = self.capacity or train_capacity([self.train_rows])
         padded = resident_rows(self.train_rows, capacity, mesh.devices.size)
@@ -495,12 +495,12 @@ def load(
     Every process holds its own shard of the evaluation images, and every training image (global
     batches draw from all of them), unless `training_share` says which of the distinct training
     rows (given with the protocol's capacity) this process alone holds (None: all): the
-    device-resident path, where each process fills only its own devices' shards. With several processes that all need
-    every training image, the images the cache lacks are decoded once: each decodes and caches a
-    1/process_count share of them first, so on a shared cache folder no image is decoded twice; on
-    unshared folders each process then decodes the rest of what it needs itself. With a
-    `training_share` the processes need disjoint images, and each decodes just its own.
-    `clock` gets the seconds of the 'dataset' and 'images' phases.
+    device-resident path, where each process fills only its own devices' shards. When several
+    processes all need every training image, the images the cache lacks are decoded once: each
+    decodes and caches a 1/process_count share of them first, so on a shared cache folder no
+    image is decoded twice; on unshared folders each process then decodes the rest of what it
+    needs itself. With a `training_share` the processes need disjoint images, and each decodes
+    just its own. `clock` gets the seconds of the 'dataset' and 'images' phases.
     """
     clock = clock or PhaseClock()
     with clock.phase("dataset"):
@@ -515,8 +515,8 @@ def load(
     ]
     with clock.phase("images"):
         if store is not None and process_count > 1 and share is None:
-            share = lambda: decode(_share_to_decode(store, split, process_index, process_count))  # noqa: E731
-            run_on_every_process("decoding its share of the images", share)
+            decode_share = lambda: decode(_share_to_decode(store, split, process_index, process_count))  # noqa: E731
+            run_on_every_process("decoding its share of the images", decode_share)
         cache = decode(np.concatenate(needed))
     normalizer = _normalizer(config, cache, held_train)
     return InputData(

@@ -5,7 +5,8 @@ where it runs; the training steps are what is left of the loop once its validati
 saves are taken out, and `other` is what no phase claims between the start of the run's setup and
 its end (the split, the z-score statistics, writing files); imports, the workdir check and the
 start of JAX come before the clock starts. Beside the phases: how many XLA programs the run
-compiled and in how many seconds (a fold that reuses the compiled steps compiles few).
+compiled, how many it loaded from the persistent compilation cache instead, and the seconds both
+took (a fold that reuses the earlier fold's compiled steps needs none).
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ PHASES = (
 )
 
 
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # JAX's event for each XLA compilation
-_compiled = {"compiled_programs": 0, "compile_seconds": 0.0}  # in this process, since bcjax.phases was imported
+# JAX's events: an executable compiled or loaded from the persistent cache (timed), and a load.
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+# In this process, since bcjax.phases was imported.
+_compiled = {"compiled_programs": 0, "loaded_programs": 0, "compile_seconds": 0.0}
 
 
 def _count_compilation(event: str, seconds: float, **kwargs) -> None:
@@ -42,7 +46,14 @@ def _count_compilation(event: str, seconds: float, **kwargs) -> None:
         _compiled["compile_seconds"] += seconds
 
 
+def _count_cache_hit(event: str, **kwargs) -> None:
+    if event == CACHE_HIT_EVENT:  # inside a COMPILE_EVENT, which counted it as compiled
+        _compiled["loaded_programs"] += 1
+        _compiled["compiled_programs"] -= 1
+
+
 jax.monitoring.register_event_duration_secs_listener(_count_compilation)
+jax.monitoring.register_event_listener(_count_cache_hit)
 
 
 class PhaseClock:
@@ -73,11 +84,12 @@ class PhaseClock:
 
 
 def format_timings(timings: dict[str, float]) -> str:
-    """One line: the total, each phase that took at least 0.05 s, then the compilations."""
+    """One line: the total, each phase that took at least 0.05 s, then the programs compiled and loaded."""
     phases = [name for name in timings if name not in ("total", *_compiled)]
     shown = [f"{name.replace('_', ' ')} {timings[name]:.1f}s" for name in phases if timings[name] >= 0.05]
     return (
         f"Wall clock {timings['total']:.1f}s: "
         + ", ".join(shown)
-        + f"; {timings['compiled_programs']:.0f} programs compiled in {timings['compile_seconds']:.1f}s"
+        + f"; XLA programs: {timings['compiled_programs']:.0f} compiled, {timings['loaded_programs']:.0f} loaded"
+        + f" from the persistent cache, in {timings['compile_seconds']:.1f}s"
     )

@@ -93,7 +93,7 @@ def print_table(runs: list[dict]) -> None:
     names = [run["name"] for run in runs]
     width = max(14, *map(len, names)) + 2
     print(f"\n{'phase (seconds)':<20}" + "".join(f"{n:>{width}}" for n in names))
-    for phase in (*PHASES, "other", "total", "compiled_programs", "compile_seconds"):
+    for phase in (*PHASES, "other", "total", "compiled_programs", "loaded_programs", "compile_seconds"):
         print(f"{phase:<20}" + "".join(f"{run['timings'][phase]:>{width}.1f}" for run in runs))
     print(f"{'command wall clock':<20}" + "".join(f"{run['command_seconds']:>{width}.1f}" for run in runs))
     print("\nPublished schedules on this machine, from the measured step time (training) and the rest:")

@@ -32,15 +32,19 @@ def test_every_default_flag_is_known_to_this_jaxlib():
 
 _PROGRAM = """
 import sys
-from bcjax import runtime
+from bcjax import phases, runtime
 stats = runtime.enable_compilation_cache(sys.argv[1], min_compile_time_secs=0)
+clock = phases.PhaseClock()
 import jax, jax.numpy as jnp
 jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()
-print(stats.hits, stats.misses)
+timings = clock.to_json()
+print(stats.hits, stats.misses, timings["compiled_programs"], timings["loaded_programs"])
 """
 
 
 def test_a_rerun_loads_the_compiled_program_from_the_cache(tmp_path):
+    """...and timings.json's counts (bcjax.phases) tell the compiled programs from the loaded ones."""
+
     def run() -> tuple[int, int]:
         done = subprocess.run(
             [sys.executable, "-c", _PROGRAM, str(tmp_path / "cache")],
@@ -50,7 +54,8 @@ def test_a_rerun_loads_the_compiled_program_from_the_cache(tmp_path):
             timeout=120,
         )
         assert done.returncode == 0, done.stderr[-2000:]
-        hits, misses = map(int, done.stdout.split())
+        hits, misses, compiled, loaded = map(int, done.stdout.split())
+        assert (compiled, loaded) == (misses, hits)
         return hits, misses
 
     hits, compiled = run()
