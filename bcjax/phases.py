@@ -21,7 +21,7 @@ TIMINGS_FILE = "timings.json"
 # In the order a run goes through them.
 PHASES = (
     "model",  # building the model and loading pretrained weights
-    "dataset",  # opening the prepared dataset (building it first when missing) and reading its table
+    "dataset",  # opening the prepared dataset (building it, and the demo's tree, when missing) and reading its table
     "images",  # decoding the images the image cache lacks, reading the others from it
     "setup",  # the train state, the jitted steps, checkpoints, the training data on the devices
     "first_step",  # the first training step: mostly its compilation

@@ -226,7 +226,9 @@ def prepare_run(
             "Note: model.init_from is not set, so the backbone starts from random weights; the published "
             "recipes fine-tune ImageNet weights (README: 'Models and pretrained ImageNet weights')."
         )
-    data, resident = load_data(config, input_config(config, workdir, pretrained), mesh, workdir, clock)
+    with clock.phase("dataset"):  # the demo writes its synthetic tree here
+        data_config = input_config(config, workdir, pretrained)
+    data, resident = load_data(config, data_config, mesh, workdir, clock)
     setup = time.perf_counter()
     write_json(workdir / SPLIT_FILE, data.split.to_json_dict())
     write_json(workdir / PREPROCESSING_FILE, Preprocessing.of_input(data.config, data.normalizer).to_json())
