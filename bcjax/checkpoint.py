@@ -77,7 +77,7 @@ class Checkpoints:
         if iterator is not None:
             items["iterator"] = grain.checkpoint.CheckpointRestore(iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
-        return {**restored, **({"constants": state["constants"]} if "constants" in state else {})}
+        return {**restored, "constants": state["constants"]}
 
     def close(self) -> None:
         self.manager.close()
@@ -85,7 +85,7 @@ class Checkpoints:
 
 def _saved_part(state: Any) -> Any:
     """A train state without its run constants (checkpoints keep the layout they had before those)."""
-    return {k: v for k, v in state.items() if k != "constants"} if isinstance(state, dict) else state
+    return {k: v for k, v in state.items() if k != "constants"}
 
 
 def _abstract(state: Any) -> Any:

@@ -143,16 +143,12 @@ class Predictor:
                 reads = [(path, future.result) for path, future in chunk]
                 yield from self._predict_chunk(reads, tta, explain, explain_class, layer)
 
-    def predict_split(self, side: str, **options) -> Iterator[FileResult]:
-        """One FileResult per image of the run's own `side` ('train', 'validation' or 'test'), named by its
-        path in the archive and in the order of the run's eval/<side>/predictions.csv. `options`: those of
-        `predict_pixels`. The images come from the image cache the run filled (decoded once, preprocessed
-        as in training; what it lacks is decoded); they are read before this returns."""
-        return self.predict_pixels(*self.split_images(side), **options)
-
     def split_images(self, side: str) -> tuple[list[str], np.ndarray]:
-        """The file names and preprocessed pixels of the run's `side`, after checking that the split is
-        still the one the run trained on (its split.json)."""
+        """The names and preprocessed pixels of the run's own `side` ('train', 'validation' or 'test'), for
+        `predict_pixels`: read from the image cache the run filled (decoded once, preprocessed as in
+        training; what it lacks is decoded), named by their paths in the archive, in the order of the
+        run's eval/<side>/predictions.csv, after checking that the split is still the one the run
+        trained on (its split.json)."""
         from bcjax import input_pipeline, train  # the data stack (TFDS, grain) only for this mode
 
         if side not in SIDES:

@@ -193,14 +193,17 @@ class Run:
     mesh: jax.sharding.Mesh
     data: input_pipeline.InputData
     schedule: Schedule
-    steps: Steps
     device_data: DeviceData | None  # the training images on the devices, or None for the host path
     train_iter: Iterator | None  # the host path's checkpointable iterator
     checkpoints: checkpoint.Checkpoints
     writer: MetricWriter
     validators: list  # evaluators run at every evaluation interval
     clock: PhaseClock  # seconds per phase, written to timings.json
-    built: Built
+    built: Built  # the model and the compiled steps, which a next fold reuses
+
+    @property
+    def steps(self) -> Steps:
+        return self.built.steps
 
     def next_inputs(self) -> Any:
         """The next training batch as global arrays, or the device-resident data the step draws from."""
@@ -254,7 +257,6 @@ def prepare_run(
         mesh=mesh,
         data=data,
         schedule=schedule,
-        steps=steps,
         device_data=on_devices,
         train_iter=None if on_devices is not None else iter(data.train(config.batch_size)),
         checkpoints=checkpoints,
