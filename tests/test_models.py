@@ -221,3 +221,28 @@ def test_cpu_pointwise_conv_matches_the_convolution(size, stride):
     lax = jax.value_and_grad(lambda x, k: loss(jax.lax.conv_general_dilated, x, k), argnums=(0, 1))(x, kernel)
     for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(lax)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "size, stride, padding", [(3, 1, "explicit"), (3, 2, "SAME"), (5, 2, "explicit"), (5, 1, "SAME")]
+)
+def test_cpu_depthwise_conv_matches_the_convolution(size, stride, padding):
+    """Depthwise convs are sums of shifted products on CPUs (resnet.conv_general_dilated), with
+    torchvision's symmetric and Keras' asymmetric ('SAME' at stride 2) padding: same outputs and gradients."""
+    from bcjax.models import resnet
+
+    kernel = jax.random.normal(jax.random.key(0), (size, size, 1, 8))
+    x = jax.random.normal(jax.random.key(1), (2, 10, 9, 8))
+    pad = ((size // 2, size // 2),) * 2 if padding == "explicit" else padding
+    dims = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def loss(conv, x, kernel):
+        y = conv(x, kernel, (stride, stride), pad, dimension_numbers=dims, feature_group_count=8)
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size)
+
+    jaxpr = str(jax.make_jaxpr(lambda x, k: loss(resnet.conv_general_dilated, x, k))(x, kernel))
+    assert "conv_general_dilated" not in jaxpr
+    mine = jax.value_and_grad(lambda x, k: loss(resnet.conv_general_dilated, x, k), argnums=(0, 1))(x, kernel)
+    lax = jax.value_and_grad(lambda x, k: loss(jax.lax.conv_general_dilated, x, k), argnums=(0, 1))(x, kernel)
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(lax)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
